@@ -1,0 +1,232 @@
+"""LudusClient: a thin, typed wrapper over the generated stubs.
+
+- Every call has a deadline (`timeout`, default 30 s); streams that run indefinitely (WatchPolicy)
+  are cancelled by the caller instead.
+- Retries: only idempotent calls (RegisterBehavior, EstimateValues, GetPolicy, DescribeBehavior,
+  ListBehaviors) are retried, by gRPC's own retry policy on UNAVAILABLE, with exponential backoff.
+  Update is not idempotent and is never retried; trajectories are retried by TrajectoryStream, which
+  resends only what the server has not acknowledged.
+- Message limits are raised to the server's (256 MiB) so large observations pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from ludus.v1 import trainer_pb2 as pb
+from ludus.v1 import trainer_pb2_grpc as pb_grpc
+from ludus_client.policy import LocalPolicy
+from ludus_client.spec import BehaviorSpec
+from ludus_client.tensor_codec import from_tensor, to_tensor
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+IDEMPOTENT_METHODS = ("RegisterBehavior", "EstimateValues", "GetPolicy", "DescribeBehavior", "ListBehaviors")
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def _service_config() -> str:
+    return json.dumps({
+        "methodConfig": [{
+            "name": [{"service": "ludus.v1.Trainer", "method": m} for m in IDEMPOTENT_METHODS],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    })
+
+
+class LudusError(Exception):
+    """A failed call: `code` is the gRPC status code, `details` the server's message (naming the field)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError) -> "LudusError":
+        return cls(err.code(), err.details() or "")
+
+
+@dataclass
+class Registration:
+    policy_version: int
+    created: bool
+    settings: Dict[str, Any]
+    reward_signals: List[str]
+
+
+@dataclass
+class PolicyBlob:
+    """A complete serialised policy version (safetensors bytes)."""
+
+    behavior_name: str
+    version: int
+    data: bytes
+    sha256: str
+    trained_steps: int
+
+    def load(self) -> LocalPolicy:
+        return LocalPolicy.from_bytes(self.data)
+
+
+def _assemble(chunks: Iterator[pb.PolicyChunk]) -> Iterator[PolicyBlob]:
+    """Reassemble chunk streams into whole policies, verifying offsets, sizes and checksums."""
+    parts: List[bytes] = []
+    for chunk in chunks:
+        expected_offset = sum(len(p) for p in parts)
+        if chunk.offset != expected_offset:
+            raise LudusError(grpc.StatusCode.DATA_LOSS, f"policy {chunk.version}: chunk at offset {chunk.offset}, expected {expected_offset}")
+        parts.append(chunk.data)
+        if chunk.last:
+            data = b"".join(parts)
+            parts = []
+            announcement = not data and chunk.total_size > 0  # WatchPolicy(versions_only=True)
+            if not announcement and (len(data) != chunk.total_size or hashlib.sha256(data).hexdigest() != chunk.sha256):
+                raise LudusError(grpc.StatusCode.DATA_LOSS, f"policy {chunk.version}: size or sha256 mismatch")
+            yield PolicyBlob(chunk.behavior_name, chunk.version, data, chunk.sha256, chunk.trained_steps)
+
+
+class LudusClient:
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel: Optional[grpc.Channel] = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _service_config()),
+            *KEEPALIVE_OPTIONS,
+        ]
+        self.channel = channel or grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.TrainerStub(self.channel)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects (the server is up)."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise LudusError(grpc.StatusCode.UNAVAILABLE, f"no Ludus server at {self.target} after {timeout:.0f}s") from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "LudusClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout: Optional[float] = None):
+        try:
+            return method(request, timeout=timeout or self.timeout, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise LudusError.from_rpc(err) from None
+
+    # -- RPCs --------------------------------------------------------------------------------------
+    def register(self, behavior_name: str, spec: BehaviorSpec, settings: Optional[Mapping[str, Any]] = None) -> Registration:
+        request = pb.RegisterBehaviorRequest(behavior_name=behavior_name, spec=spec.to_proto())
+        if settings is not None:
+            request.settings.update(dict(settings))
+        response = self._call(self.stub.RegisterBehavior, request)
+        return Registration(
+            response.policy_version, response.created,
+            json_format.MessageToDict(response.effective_settings), list(response.reward_signals),
+        )
+
+    def estimate_values(
+        self, behavior_name: str, observations: Sequence[np.ndarray], next_observations: Optional[Sequence[np.ndarray]],
+        done: bool, agent_id: str = "",
+    ) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+        request = pb.EstimateValuesRequest(
+            behavior_name=behavior_name, agent_id=agent_id, done=done,
+            observations=[to_tensor(o, np.float32) for o in observations],
+            next_observations=[to_tensor(o, np.float32) for o in (next_observations or [])],
+        )
+        response = self._call(self.stub.EstimateValues, request)
+        values = {k: from_tensor(v, f"values[{k}]") for k, v in response.values.items()}
+        return values, dict(response.bootstrap_values)
+
+    def update(self, behavior_name: str, batch: pb.TrainingBatch, num_sequences: int) -> Tuple[Dict[str, float], int]:
+        request = pb.UpdateRequest(behavior_name=behavior_name, batch=batch, num_sequences=num_sequences)
+        response = self._call(self.stub.Update, request)
+        return dict(response.stats), response.policy_version
+
+    def submit(self, behavior_name: str, trajectories: Iterable[pb.Trajectory], timeout: Optional[float] = None) -> List[pb.SubmitTrajectoriesResponse]:
+        """Send trajectories on one stream and wait for every acknowledgement.
+
+        For continuous, pipelined submission with automatic resending, use TrajectoryStream.
+        """
+        requests = [pb.SubmitTrajectoriesRequest(behavior_name=behavior_name, trajectory=t) for t in trajectories]
+        try:
+            return list(self.stub.SubmitTrajectories(iter(requests), timeout=timeout or self.timeout, wait_for_ready=True))
+        except grpc.RpcError as err:
+            raise LudusError.from_rpc(err) from None
+
+    def get_policy(self, behavior_name: str, version: int = 0) -> PolicyBlob:
+        request = pb.GetPolicyRequest(behavior_name=behavior_name, version=version, format=pb.POLICY_FORMAT_SAFETENSORS)
+        try:
+            blobs = list(_assemble(self.stub.GetPolicy(request, timeout=self.timeout, wait_for_ready=True)))
+        except grpc.RpcError as err:
+            raise LudusError.from_rpc(err) from None
+        if len(blobs) != 1:
+            raise LudusError(grpc.StatusCode.DATA_LOSS, f"expected one policy, received {len(blobs)}")
+        return blobs[0]
+
+    def get_local_policy(self, behavior_name: str, version: int = 0) -> LocalPolicy:
+        return self.get_policy(behavior_name, version).load()
+
+    def watch_policy(self, behavior_name: str, after_version: int = 0, versions_only: bool = False) -> "PolicyWatch":
+        """Iterate over every new policy version as it appears; `.cancel()` to stop."""
+        request = pb.WatchPolicyRequest(behavior_name=behavior_name, after_version=after_version,
+                                        format=pb.POLICY_FORMAT_SAFETENSORS, versions_only=versions_only)
+        return PolicyWatch(self.stub.WatchPolicy(request, wait_for_ready=True))
+
+    def describe(self, behavior_name: str) -> pb.DescribeBehaviorResponse:
+        return self._call(self.stub.DescribeBehavior, pb.DescribeBehaviorRequest(behavior_name=behavior_name))
+
+    def list_behaviors(self) -> List[str]:
+        return list(self._call(self.stub.ListBehaviors, pb.ListBehaviorsRequest()).behavior_names)
+
+
+class PolicyWatch:
+    """Iterator of PolicyBlob from a WatchPolicy stream."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+        self._blobs = _assemble(call)
+
+    def __iter__(self) -> "PolicyWatch":
+        return self
+
+    def __next__(self) -> PolicyBlob:
+        try:
+            return next(self._blobs)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise LudusError.from_rpc(err) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()

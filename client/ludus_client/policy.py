@@ -1,0 +1,126 @@
+"""LocalPolicy: act with a published policy version, in numpy, without torch.
+
+Reads the safetensors file the service publishes (GetPolicy / WatchPolicy) and evaluates the actor
+the way the service's torch networks do: normalise -> MLP body -> Gaussian head (continuous) and
+categorical heads (discrete, with action masks). The same file format is readable from C++, C# or
+JavaScript; an ONNX export for engines is planned on top of the same snapshots.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from safetensors.numpy import load as safetensors_load
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass
+class PolicyOutput:
+    """Actions for a batch of B agents."""
+
+    continuous_actions: np.ndarray  # float32 [B, c]: raw samples, what trajectories carry
+    discrete_actions: np.ndarray  # int64 [B, branches]
+    continuous_log_probs: np.ndarray  # float32 [B, c]
+    discrete_log_probs: np.ndarray  # float32 [B, branches]
+
+    @property
+    def env_continuous_actions(self) -> np.ndarray:
+        """What the simulator should apply: clamp(a, -3, 3) / 3, in [-1, 1] (ML-Agents' convention)."""
+        return np.clip(self.continuous_actions, -3.0, 3.0) / 3.0
+
+
+def _activation(name: str):
+    if name == "swish":
+        return lambda x: x / (1.0 + np.exp(-x))
+    if name == "tanh":
+        return np.tanh
+    if name == "relu":
+        return lambda x: np.maximum(x, 0.0)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def read_safetensors_metadata(data: bytes) -> Dict[str, str]:
+    """The string metadata of a safetensors file (its JSON header's "__metadata__")."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors file: shorter than its 8-byte header length")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise ValueError("not a safetensors file: header length exceeds the data")
+    return json.loads(data[8:8 + header_len]).get("__metadata__", {})
+
+
+class LocalPolicy:
+    def __init__(self, tensors: Dict[str, np.ndarray], architecture: dict, version: int, behavior_name: str = "") -> None:
+        if architecture.get("format") != "ludus.mlp_actor.v1":
+            raise ValueError(f"unsupported policy architecture {architecture.get('format')!r}")
+        self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+        self.architecture = architecture
+        self.version = version
+        self.behavior_name = behavior_name
+        self.continuous_size = int(architecture["continuous_size"])
+        self.branches = [int(b) for b in architecture["discrete_branches"]]
+        self._act = _activation(architecture["activation"])
+        self._layers = [(self.tensors[f"{n}.weight"].T.copy(), self.tensors[f"{n}.bias"]) for n in architecture["body_layers"]]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LocalPolicy":
+        meta = read_safetensors_metadata(data)
+        return cls(safetensors_load(data), json.loads(meta["ludus.architecture"]), int(meta["ludus.version"]), meta.get("ludus.behavior", ""))
+
+    def _hidden(self, observations: Sequence[np.ndarray]) -> np.ndarray:
+        flat = [np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in observations]
+        x = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
+        arch = self.architecture
+        if arch["normalize"]:
+            x = (x - self.tensors["normalizer.mean"]) / np.sqrt(self.tensors["normalizer.var"] + arch["normalize_epsilon"])
+            x = np.clip(x, -arch["normalize_clamp"], arch["normalize_clamp"])
+        for weight, bias in self._layers:
+            x = self._act(x @ weight + bias)
+        return x
+
+    def act(
+        self,
+        observations: Sequence[np.ndarray],
+        action_masks: Optional[np.ndarray] = None,
+        deterministic: Optional[bool] = None,
+        rng: Optional[np.random.Generator] = None,
+    ) -> PolicyOutput:
+        """Sample (or, deterministic, take the mode of) actions for a batch.
+
+        `observations`: one array per observation spec, each [B, *shape]. `action_masks`: bool
+        [B, sum(branches)], True = allowed.
+        """
+        rng = rng or np.random.default_rng()
+        deterministic = self.architecture.get("deterministic", False) if deterministic is None else deterministic
+        h = self._hidden(observations)
+        batch = h.shape[0]
+        cont = np.zeros((batch, 0), np.float32)
+        cont_lp = np.zeros((batch, 0), np.float32)
+        if self.continuous_size:
+            mu = h @ self.tensors["continuous.mu.weight"].T + self.tensors["continuous.mu.bias"]
+            log_std = self.tensors["continuous.log_std"]
+            std = np.exp(log_std)
+            cont = mu if deterministic else mu + std * rng.standard_normal(mu.shape)
+            cont_lp = -0.5 * ((cont - mu) / std) ** 2 - log_std - 0.5 * LOG_2PI
+        disc = np.zeros((batch, len(self.branches)), np.int64)
+        disc_lp = np.zeros((batch, len(self.branches)), np.float32)
+        offset = 0
+        for i, size in enumerate(self.branches):
+            logits = h @ self.tensors[f"discrete.{i}.weight"].T + self.tensors[f"discrete.{i}.bias"]
+            if action_masks is not None:
+                logits = np.where(np.asarray(action_masks[:, offset:offset + size], dtype=bool), logits, -1e8)
+            offset += size
+            logits = logits - logits.max(axis=1, keepdims=True)
+            log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            if deterministic:
+                choice = log_p.argmax(axis=1)
+            else:
+                # Gumbel-max: exact categorical sampling; masked options (-1e8) can never win.
+                choice = (log_p + rng.gumbel(size=log_p.shape)).argmax(axis=1)
+            disc[:, i] = choice
+            disc_lp[:, i] = log_p[np.arange(batch), choice]
+        return PolicyOutput(cont.astype(np.float32), disc, cont_lp.astype(np.float32), disc_lp)

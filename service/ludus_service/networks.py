@@ -1,0 +1,175 @@
+"""Actor and critic networks for vector observations, ML-Agents style.
+
+- ObservationEncoder: concatenates the observations (normalised when `network_settings.normalize`).
+- MLP body: `num_layers` x `hidden_units` with the configured activation (swish by default).
+- Actor: a Gaussian for the continuous block (state-independent log-std) and one categorical per
+  discrete branch, with action masks; log-probabilities are returned per action dimension
+  (continuous dims and discrete branches side by side), as ML-Agents' PPO ratio expects.
+- Critic: its own body and one value head per reward signal.
+
+The actor's weights are what clients run locally, so `export_actor` describes them as plain named
+arrays plus a JSON architecture that the torch-free SDK evaluates (ludus_client.policy).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ludus_service.normalizer import RunningNormalizer
+from ludus_service.settings import NetworkSettings
+from ludus_service.spec import BehaviorSpec
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+_ACTIVATIONS = {"swish": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
+    """Orthogonal weights, zero bias: the initialisation CleanRL and SB3 use for PPO."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ObservationEncoder(nn.Module):
+    """Flattens and concatenates vector observations, normalising them when asked to."""
+
+    def __init__(self, spec: BehaviorSpec, normalize: bool) -> None:
+        super().__init__()
+        self.sizes = [int(np.prod(o.shape)) for o in spec.observations]
+        self.output_size = sum(self.sizes)
+        self.normalizer: Optional[RunningNormalizer] = RunningNormalizer(self.output_size) if normalize else None
+
+    def concat(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
+        flat = [o.reshape(o.shape[0], -1).float() for o in observations]
+        return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+
+    def forward(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.concat(observations)
+        return self.normalizer(x) if self.normalizer is not None else x
+
+
+def mlp(in_size: int, settings: NetworkSettings) -> Tuple[nn.Sequential, int]:
+    layers: List[nn.Module] = []
+    size = in_size
+    for _ in range(settings.num_layers):
+        layers += [_init_linear(nn.Linear(size, settings.hidden_units), math.sqrt(2)), _ACTIVATIONS[settings.activation]()]
+        size = settings.hidden_units
+    return nn.Sequential(*layers), size
+
+
+@dataclass
+class ActionEvaluation:
+    continuous_log_probs: torch.Tensor  # [N, continuous_size]
+    discrete_log_probs: torch.Tensor  # [N, num_branches]
+    entropy: torch.Tensor  # [N], joint entropy (sum over dims and branches)
+
+
+def masked_logits(logits: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Masked options get (effectively) zero probability."""
+    if mask is None:
+        return logits
+    return logits.masked_fill(~mask, -1e8)
+
+
+class Actor(nn.Module):
+    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
+        super().__init__()
+        self.spec = spec
+        self.settings = settings
+        self.encoder = encoder
+        self.body, hidden = mlp(encoder.output_size, settings)
+        self.continuous_size = spec.actions.continuous_size
+        self.branches = list(spec.actions.discrete_branches)
+        if self.continuous_size:
+            self.mu = _init_linear(nn.Linear(hidden, self.continuous_size), 0.01)
+            self.log_std = nn.Parameter(torch.zeros(self.continuous_size))
+        self.branch_heads = nn.ModuleList(_init_linear(nn.Linear(hidden, b), 0.01) for b in self.branches)
+
+    def _hidden(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.body(self.encoder(observations))
+
+    def evaluate(
+        self,
+        observations: Sequence[torch.Tensor],
+        continuous_actions: Optional[torch.Tensor],
+        discrete_actions: Optional[torch.Tensor],
+        action_masks: Optional[torch.Tensor],
+    ) -> ActionEvaluation:
+        """Log-probabilities of given actions and the policy's entropy, with gradients."""
+        hidden = self._hidden(observations)
+        n = hidden.shape[0]
+        entropy = torch.zeros(n, device=hidden.device)
+        cont_lp = torch.zeros(n, 0, device=hidden.device)
+        disc_lp = torch.zeros(n, 0, device=hidden.device)
+        if self.continuous_size:
+            mu = self.mu(hidden)
+            log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
+            dist = torch.distributions.Normal(mu, log_std.exp())
+            cont_lp = dist.log_prob(continuous_actions)
+            entropy = entropy + dist.entropy().sum(dim=1)
+        if self.branches:
+            lps, offset = [], 0
+            for i, (head, size) in enumerate(zip(self.branch_heads, self.branches)):
+                mask = action_masks[:, offset:offset + size] if action_masks is not None else None
+                offset += size
+                logits = masked_logits(head(hidden), mask)
+                log_p = torch.log_softmax(logits, dim=1)
+                lps.append(log_p.gather(1, discrete_actions[:, i:i + 1].long()))
+                probs = log_p.exp()
+                entropy = entropy - (probs * log_p).sum(dim=1)
+            disc_lp = torch.cat(lps, dim=1)
+        return ActionEvaluation(cont_lp, disc_lp, entropy)
+
+    def export(self) -> Tuple[Dict[str, np.ndarray], dict]:
+        """Named float32 arrays and the architecture the SDK's numpy forward pass follows."""
+        tensors: Dict[str, np.ndarray] = {}
+        layers = []
+        for idx, module in enumerate(self.body):
+            if isinstance(module, nn.Linear):
+                name = f"body.{len(layers)}"
+                tensors[f"{name}.weight"] = module.weight.detach().cpu().numpy()
+                tensors[f"{name}.bias"] = module.bias.detach().cpu().numpy()
+                layers.append(name)
+        if self.encoder.normalizer is not None:
+            tensors["normalizer.mean"] = self.encoder.normalizer.mean.detach().cpu().numpy()
+            tensors["normalizer.var"] = self.encoder.normalizer.var.detach().cpu().numpy()
+        if self.continuous_size:
+            tensors["continuous.mu.weight"] = self.mu.weight.detach().cpu().numpy()
+            tensors["continuous.mu.bias"] = self.mu.bias.detach().cpu().numpy()
+            tensors["continuous.log_std"] = self.log_std.detach().clamp(LOG_STD_MIN, LOG_STD_MAX).cpu().numpy()
+        for i, head in enumerate(self.branch_heads):
+            tensors[f"discrete.{i}.weight"] = head.weight.detach().cpu().numpy()
+            tensors[f"discrete.{i}.bias"] = head.bias.detach().cpu().numpy()
+        architecture = {
+            "format": "ludus.mlp_actor.v1",
+            "observation_sizes": self.encoder.sizes,
+            "observation_shapes": [list(o.shape) for o in self.spec.observations],
+            "normalize": self.encoder.normalizer is not None,
+            "normalize_clamp": 5.0,
+            "normalize_epsilon": 1e-8,
+            "activation": self.settings.activation,
+            "body_layers": layers,
+            "continuous_size": self.continuous_size,
+            "discrete_branches": self.branches,
+            "deterministic": self.settings.deterministic,
+        }
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, architecture
+
+
+class Critic(nn.Module):
+    """Own body (shared_critic false) and one value head per reward signal."""
+
+    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder, signals: Sequence[str]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.body, hidden = mlp(encoder.output_size, settings)
+        self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(hidden, 1), 1.0) for name in signals})
+
+    def forward(self, observations: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        hidden = self.body(self.encoder(observations))
+        return {name: head(hidden).squeeze(-1) for name, head in self.heads.items()}

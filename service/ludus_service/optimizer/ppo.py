@@ -1,0 +1,88 @@
+"""PPO's update step (ML-Agents' TorchPPOOptimizer), with the value clipping ML-Agents intended.
+
+ML-Agents stores returns under the key it later reads as old value estimates, so its value clipping
+is a no-op. Here V_old is the critic's estimate made when the trajectory was processed.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
+from ludus_service.optimizer.torch_optimizer import TorchOptimizer
+from ludus_service.schedules import BETA_FLOOR, EPSILON_FLOOR, LEARNING_RATE_FLOOR, decayed_value
+from ludus_service.settings import TrainerSettings, beta_schedule, epsilon_schedule
+from ludus_service.spec import BehaviorSpec
+
+# Field names of the update buffer (ML-Agents' BufferKey names, lower-cased).
+CONTINUOUS_ACTION = "continuous_action"
+DISCRETE_ACTION = "discrete_action"
+CONTINUOUS_LOG_PROBS = "continuous_log_probs"
+DISCRETE_LOG_PROBS = "discrete_log_probs"
+ACTION_MASK = "action_mask"
+ADVANTAGES = "advantages"
+
+
+class PPOOptimizer(TorchOptimizer):
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu") -> None:
+        super().__init__(spec, settings, device)
+        params = list(self.actor.parameters()) + [p for n, p in self.critic.named_parameters() if not n.startswith("encoder.")]
+        # The encoder is shared by actor and critic: deduplicate parameters by identity.
+        unique = list({id(p): p for p in params}.values())
+        self.adam = torch.optim.Adam(unique, lr=settings.hyperparameters.learning_rate)
+
+    def current_hyperparameters(self) -> Dict[str, float]:
+        hp = self.settings.hyperparameters
+        step, max_steps = self.global_step, self.settings.max_steps
+        return {
+            "learning_rate": decayed_value(hp.learning_rate_schedule, hp.learning_rate, LEARNING_RATE_FLOOR, step, max_steps),
+            "epsilon": decayed_value(epsilon_schedule(hp), hp.epsilon, EPSILON_FLOOR, step, max_steps),
+            "beta": decayed_value(beta_schedule(hp), hp.beta, BETA_FLOOR, step, max_steps),
+        }
+
+    def update(self, batch: AgentBuffer, num_sequences: int) -> Dict[str, float]:
+        """One Adam step on the clipped-surrogate PPO loss over `batch`."""
+        h = self.current_hyperparameters()
+        lr, eps, beta = h["learning_rate"], h["epsilon"], h["beta"]
+        obs = self.to_torch_obs([batch[obs_key(i)] for i in range(len(self.spec.observations))])
+        masks = self.to_torch(batch[ACTION_MASK], torch.bool) if ACTION_MASK in batch else None
+        evaluation = self.actor.evaluate(
+            obs,
+            self.to_torch(batch[CONTINUOUS_ACTION]),
+            self.to_torch(batch[DISCRETE_ACTION], torch.long),
+            masks,
+        )
+        log_probs = torch.cat([evaluation.continuous_log_probs, evaluation.discrete_log_probs], dim=1)
+        old_log_probs = torch.cat(
+            [self.to_torch(batch[CONTINUOUS_LOG_PROBS]), self.to_torch(batch[DISCRETE_LOG_PROBS])], dim=1
+        )
+        advantages = self.to_torch(batch[ADVANTAGES]).unsqueeze(-1)
+        ratio = torch.exp(log_probs - old_log_probs)
+        surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * advantages)
+        policy_loss = -surrogate.mean()
+
+        values = self.critic(obs)
+        value_losses = []
+        for name in self.reward_signals:
+            returns = self.to_torch(batch[returns_key(name)])
+            old_values = self.to_torch(batch[value_estimates_key(name)])
+            clipped = old_values + torch.clamp(values[name] - old_values, -eps, eps)
+            value_losses.append(torch.max((returns - values[name]) ** 2, (returns - clipped) ** 2).mean())
+        value_loss = torch.stack(value_losses).mean()
+        entropy = evaluation.entropy.mean()
+        loss = policy_loss + 0.5 * value_loss - beta * entropy
+
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+        self.adam.zero_grad(set_to_none=True)
+        loss.backward()
+        self.adam.step()
+        return {
+            "Losses/Policy Loss": abs(float(policy_loss)),
+            "Losses/Value Loss": float(value_loss),
+            "Policy/Learning Rate": lr,
+            "Policy/Epsilon": eps,
+            "Policy/Beta": beta,
+            "Policy/Entropy": float(entropy),
+        }

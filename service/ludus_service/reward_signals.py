@@ -1,0 +1,58 @@
+"""Reward providers (ML-Agents' create_reward_signals builds one per configured signal).
+
+Each provider turns a processed trajectory into per-step rewards (already multiplied by its
+`strength`) and can learn from minibatches. `respects_done` decides whether the bootstrap value is 0
+at episode ends (extrinsic, GAIL) or always taken (curiosity, RND).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Dict
+
+import numpy as np
+
+from ludus_service.buffer import AgentBuffer
+from ludus_service.settings import RewardSignalSettings
+
+ENVIRONMENT_REWARDS = "environment_rewards"
+
+
+class RewardProvider(abc.ABC):
+    name: str
+    respects_done: bool = True
+
+    def __init__(self, name: str, settings: RewardSignalSettings) -> None:
+        self.name = name
+        self.gamma = settings.gamma
+        self.strength = settings.strength
+
+    @property
+    def stat_name(self) -> str:
+        """Title-cased name used in ML-Agents statistics, e.g. "Policy/Extrinsic Reward"."""
+        return self.name.capitalize()
+
+    @abc.abstractmethod
+    def evaluate(self, buffer: AgentBuffer) -> np.ndarray:
+        """Per-step rewards of `buffer`, times strength, float32 [T]."""
+
+    def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
+        """Learn from a minibatch; returns statistics (none for fixed signals)."""
+        return {}
+
+
+class ExtrinsicRewardProvider(RewardProvider):
+    """The environment's own reward."""
+
+    def evaluate(self, buffer: AgentBuffer) -> np.ndarray:
+        return (buffer[ENVIRONMENT_REWARDS] * self.strength).astype(np.float32)
+
+
+_PROVIDERS = {"extrinsic": ExtrinsicRewardProvider}
+
+
+def create_reward_provider(name: str, settings: RewardSignalSettings) -> RewardProvider:
+    try:
+        cls = _PROVIDERS[name]
+    except KeyError:
+        raise ValueError(f"reward signal {name!r} is not implemented") from None
+    return cls(name, settings)

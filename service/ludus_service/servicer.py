@@ -1,0 +1,182 @@
+"""gRPC servicer: converts messages and calls the registry/behaviour objects that hold the logic.
+
+The only place where domain errors become gRPC statuses (`_map_errors`); anything unexpected is
+logged and reported as INTERNAL without taking the server down.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, Iterator
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from ludus.v1 import trainer_pb2 as pb
+from ludus.v1 import trainer_pb2_grpc as pb_grpc
+from ludus_client.tensor_codec import to_tensor
+from ludus_service.errors import InvalidArgument, LudusError
+from ludus_service.policy_store import PolicySnapshot
+from ludus_service.registry import BehaviorRegistry
+from ludus_service.settings import settings_to_dict
+from ludus_service.validation import decode_observations, parse_batch, parse_trajectory
+
+log = logging.getLogger(__name__)
+WATCH_POLL_SECONDS = 1.0
+
+
+def _internal(err: Exception) -> LudusError:
+    log.exception("unexpected error")
+    wrapped = LudusError("", f"internal error: {type(err).__name__}")
+    wrapped.code = grpc.StatusCode.INTERNAL
+    return wrapped
+
+
+def _map_errors(method: Callable) -> Callable:
+    """Unary handlers: LudusError -> its status; anything else -> INTERNAL (logged)."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except LudusError as err:
+            failure = err
+        except Exception as err:  # noqa: BLE001 - the server must keep serving
+            failure = _internal(err)
+        context.abort(failure.code, str(failure))
+
+    return wrapper
+
+
+def _map_stream_errors(method: Callable) -> Callable:
+    """Streaming handlers: the same mapping, applied while the response stream is produced."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            yield from method(self, request, context)
+            return
+        except LudusError as err:
+            failure = err
+        except Exception as err:  # noqa: BLE001
+            failure = _internal(err)
+        context.abort(failure.code, str(failure))
+
+    return wrapper
+
+
+def _to_struct(data: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(data)
+    return struct
+
+
+def _policy_chunks(snapshot: PolicySnapshot, versions_only: bool = False) -> Iterator[pb.PolicyChunk]:
+    data, digest = snapshot.serialized()
+    common = dict(behavior_name=snapshot.behavior_name, version=snapshot.version, format=pb.POLICY_FORMAT_SAFETENSORS,
+                  total_size=len(data), sha256=digest, trained_steps=snapshot.trained_steps)
+    if versions_only:
+        yield pb.PolicyChunk(offset=0, data=b"", last=True, **common)
+        return
+    for offset, piece, last in snapshot.chunks():
+        yield pb.PolicyChunk(offset=offset, data=piece, last=last, **common)
+
+
+def _check_format(fmt: int) -> None:
+    if fmt not in (pb.POLICY_FORMAT_UNSPECIFIED, pb.POLICY_FORMAT_SAFETENSORS):
+        raise InvalidArgument("format", f"unsupported policy format {fmt} (supported: POLICY_FORMAT_SAFETENSORS)")
+
+
+class TrainerServicer(pb_grpc.TrainerServicer):
+    def __init__(self, registry: BehaviorRegistry) -> None:
+        self.registry = registry
+
+    @_map_errors
+    def RegisterBehavior(self, request: pb.RegisterBehaviorRequest, context) -> pb.RegisterBehaviorResponse:
+        overrides = json_format.MessageToDict(request.settings) if request.HasField("settings") else None
+        behavior, created = self.registry.register(request.behavior_name, request.spec, overrides)
+        return pb.RegisterBehaviorResponse(
+            policy_version=behavior.policy_version, created=created,
+            effective_settings=_to_struct(settings_to_dict(behavior.settings)), reward_signals=behavior.signal_names,
+        )
+
+    @_map_errors
+    def EstimateValues(self, request: pb.EstimateValuesRequest, context) -> pb.EstimateValuesResponse:
+        behavior = self.registry.get(request.behavior_name)
+        if not request.observations:
+            raise InvalidArgument("observations", "at least one step is required")
+        shape = request.observations[0].shape
+        steps = int(shape[0]) if len(shape) else 0
+        if steps < 1:
+            raise InvalidArgument("observations[0]", f"needs a leading time dimension >= 1, got shape {list(shape)}")
+        observations = decode_observations(request.observations, behavior.spec, "observations", (steps,))
+        next_obs = None
+        if request.next_observations or not request.done:
+            if not request.next_observations:
+                raise InvalidArgument("next_observations", "are required unless done is true (needed to bootstrap)")
+            next_obs = decode_observations(request.next_observations, behavior.spec, "next_observations", ())
+        values, bootstrap, memories, version = behavior.estimate_values(observations, next_obs, request.done, request.agent_id)
+        response = pb.EstimateValuesResponse(policy_version=version)
+        for name, array in values.items():
+            response.values[name].CopyFrom(to_tensor(array.astype("float32")))
+            response.bootstrap_values[name] = bootstrap[name]
+        if memories is not None:
+            response.critic_memories.CopyFrom(to_tensor(memories))
+        return response
+
+    @_map_errors
+    def Update(self, request: pb.UpdateRequest, context) -> pb.UpdateResponse:
+        behavior = self.registry.get(request.behavior_name)
+        if request.num_sequences < 1:
+            raise InvalidArgument("num_sequences", f"must be >= 1, got {request.num_sequences}")
+        batch = parse_batch(request.batch, behavior.spec, behavior.signal_names)
+        stats, version = behavior.update(batch, request.num_sequences)
+        return pb.UpdateResponse(stats=stats, policy_version=version)
+
+    @_map_stream_errors
+    def SubmitTrajectories(self, request_iterator, context) -> Iterator[pb.SubmitTrajectoriesResponse]:
+        for index, request in enumerate(request_iterator):
+            behavior = self.registry.get(request.behavior_name)
+            prefix = f"requests[{index}].trajectory"
+            trajectory = parse_trajectory(request.trajectory, behavior.spec, prefix)
+            result = behavior.submit(trajectory, prefix)
+            yield pb.SubmitTrajectoriesResponse(
+                accepted_steps=result.accepted_steps, dropped_steps=result.dropped_steps,
+                drop_reason=pb.DROP_REASON_STALE_POLICY_VERSION if result.stale else pb.DROP_REASON_NONE,
+                policy_version=result.policy_version, latest_update_stats=result.latest_stats, total_steps=result.total_steps,
+            )
+
+    @_map_stream_errors
+    def GetPolicy(self, request: pb.GetPolicyRequest, context) -> Iterator[pb.PolicyChunk]:
+        _check_format(request.format)
+        behavior = self.registry.get(request.behavior_name)
+        if request.version < 0:
+            raise InvalidArgument("version", f"must be >= 0 (0 = latest), got {request.version}")
+        yield from _policy_chunks(behavior.store.get(request.version))
+
+    @_map_stream_errors
+    def WatchPolicy(self, request: pb.WatchPolicyRequest, context) -> Iterator[pb.PolicyChunk]:
+        _check_format(request.format)
+        behavior = self.registry.get(request.behavior_name)
+        store = behavior.store
+        after = request.after_version if request.after_version > 0 else store.latest_version - 1
+        while context.is_active() and not store.closed:
+            snapshot = store.wait_newer(after, WATCH_POLL_SECONDS)
+            if snapshot is None:
+                continue
+            yield from _policy_chunks(snapshot, request.versions_only)
+            after = snapshot.version
+
+    @_map_errors
+    def DescribeBehavior(self, request: pb.DescribeBehaviorRequest, context) -> pb.DescribeBehaviorResponse:
+        b = self.registry.get(request.behavior_name)
+        return pb.DescribeBehaviorResponse(
+            behavior_name=b.name, spec=b.spec.to_proto(), effective_settings=_to_struct(settings_to_dict(b.settings)),
+            reward_signals=b.signal_names, policy_version=b.policy_version, total_steps=b.accepted_steps,
+            buffered_steps=b.trainer.buffered_steps, queued_steps=b.queued_steps,
+            dropped_stale_steps=b.dropped_stale_steps, latest_update_stats=b.trainer.latest_stats,
+        )
+
+    @_map_errors
+    def ListBehaviors(self, request: pb.ListBehaviorsRequest, context) -> pb.ListBehaviorsResponse:
+        return pb.ListBehaviorsResponse(behavior_names=self.registry.names())

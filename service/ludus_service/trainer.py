@@ -1,0 +1,179 @@
+"""PPO trainer: turns validated trajectories into update-buffer rows and runs the update loop.
+
+Plain Python, no gRPC and no threads: the Behavior (ludus_service.behavior) serialises calls into it.
+Per trajectory: fold observations into the normaliser, estimate values, evaluate every reward signal,
+GAE per signal with its gamma and the trainer's lambd, mean advantage over signals. When the buffer
+holds `buffer_size` steps: normalise advantages, `num_epoch` passes of shuffled minibatches, clear.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
+from ludus_service.gae import gae
+from ludus_service.optimizer.ppo import (
+    ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
+    PPOOptimizer,
+)
+from ludus_service.reward_signals import ENVIRONMENT_REWARDS
+from ludus_service.settings import TrainerSettings
+from ludus_service.spec import BehaviorSpec
+from ludus_service.validation import BatchData, StepData, TrajectoryData
+
+#: Agents whose episode is in progress are tracked for episode statistics; bounded so agent ids
+#: that vanish mid-episode cannot grow memory without limit.
+MAX_TRACKED_AGENTS = 100_000
+
+
+@dataclass
+class _EpisodeProgress:
+    reward: float = 0.0
+    length: int = 0
+
+
+@dataclass
+class _SummaryWindow:
+    """Statistics gathered between two updates (ML-Agents' per-summary stats)."""
+
+    episode_rewards: List[float] = field(default_factory=list)
+    episode_lengths: List[int] = field(default_factory=list)
+    value_estimates: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
+    signal_rewards: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+class PPOTrainer:
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None) -> None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.spec = spec
+        self.settings = settings
+        self.optimizer = PPOOptimizer(spec, settings, device)
+        self.update_buffer = AgentBuffer()
+        self.rng = np.random.default_rng(seed)
+        self.policy_version = 1
+        self.latest_stats: Dict[str, float] = {}
+        self._episodes: "OrderedDict[str, _EpisodeProgress]" = OrderedDict()
+        self._window = _SummaryWindow()
+
+    @property
+    def step(self) -> int:
+        return self.optimizer.global_step
+
+    @property
+    def buffered_steps(self) -> int:
+        return self.update_buffer.num_experiences
+
+    # -- trajectory processing ---------------------------------------------------------------------
+    @staticmethod
+    def step_fields(data: StepData) -> Dict[str, np.ndarray]:
+        fields = {obs_key(i): o for i, o in enumerate(data.observations)}
+        fields[CONTINUOUS_ACTION] = data.continuous_actions
+        fields[DISCRETE_ACTION] = data.discrete_actions
+        fields[CONTINUOUS_LOG_PROBS] = data.continuous_log_probs
+        fields[DISCRETE_LOG_PROBS] = data.discrete_log_probs
+        return fields
+
+    def _mask_field(self, data: StepData) -> np.ndarray:
+        """Every row of the update buffer carries a mask (all-allowed when the client sent none),
+        so trajectories with and without masks can share one buffer."""
+        if data.action_masks is not None:
+            return data.action_masks
+        return np.ones((data.length, self.spec.actions.mask_size), dtype=bool)
+
+    def process_trajectory(self, traj: TrajectoryData) -> None:
+        """Add one validated trajectory to the update buffer (whole, or not at all on error)."""
+        opt = self.optimizer
+        opt.update_normalization(traj.observations)
+        fields = self.step_fields(traj)
+        fields[ACTION_MASK] = self._mask_field(traj)
+        fields[ENVIRONMENT_REWARDS] = traj.rewards
+        piece = AgentBuffer(fields)
+        values, bootstrap, _ = opt.get_trajectory_value_estimates(piece, traj.next_observations, traj.done, traj.agent_id)
+        lambd = self.settings.hyperparameters.lambd
+        advantages = []
+        for name, provider in opt.reward_signals.items():
+            rewards = provider.evaluate(piece)
+            adv = gae(rewards, values[name], bootstrap[name], provider.gamma, lambd)
+            piece[returns_key(name)] = adv + values[name]
+            piece[value_estimates_key(name)] = values[name]
+            advantages.append(adv)
+            self._window.value_estimates[name].append(float(values[name].mean()))
+            self._window.signal_rewards[name].append(float(rewards.sum()))
+        piece[ADVANTAGES] = np.mean(advantages, axis=0).astype(np.float32)
+        self.update_buffer.append(piece.as_dict())
+        opt.global_step += traj.length
+        self._track_episode(traj)
+
+    def _track_episode(self, traj: TrajectoryData) -> None:
+        progress = self._episodes.pop(traj.agent_id, None) or _EpisodeProgress()
+        progress.reward += float(traj.rewards.sum())
+        progress.length += traj.length
+        if traj.done or traj.interrupted:
+            self._window.episode_rewards.append(progress.reward)
+            self._window.episode_lengths.append(progress.length)
+        else:
+            self._episodes[traj.agent_id] = progress
+            while len(self._episodes) > MAX_TRACKED_AGENTS:
+                self._episodes.popitem(last=False)
+
+    # -- updates -----------------------------------------------------------------------------------
+    def ready_to_update(self) -> bool:
+        return self.update_buffer.num_experiences >= self.settings.hyperparameters.buffer_size
+
+    def update_policy(self) -> Dict[str, float]:
+        """ML-Agents' _update_policy: normalise advantages, num_epoch shuffled passes, clear the buffer."""
+        hp = self.settings.hyperparameters
+        buffer = self.update_buffer
+        adv = buffer[ADVANTAGES]
+        buffer[ADVANTAGES] = ((adv - adv.mean()) / (adv.std() + 1e-10)).astype(np.float32)
+        batch_size = hp.batch_size  # sequence_length is 1 for non-recurrent networks
+        collected: Dict[str, List[float]] = defaultdict(list)
+        for _ in range(hp.num_epoch):
+            for minibatch in buffer.shuffled(self.rng).minibatches(batch_size):
+                stats = self.optimizer.update(minibatch, batch_size)
+                stats.update(self.optimizer.update_reward_signals(minibatch))
+                for key, value in stats.items():
+                    collected[key].append(value)
+        buffer.clear()
+        stats = {key: float(np.mean(values)) for key, values in collected.items()}
+        stats.update(self._summary_stats())
+        self.policy_version += 1
+        self.latest_stats = stats
+        return stats
+
+    def _summary_stats(self) -> Dict[str, float]:
+        w = self._window
+        stats: Dict[str, float] = {"Is Training": 1.0}
+        for name, provider in self.optimizer.reward_signals.items():
+            if w.value_estimates[name]:
+                stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
+        if w.episode_rewards:
+            stats["Environment/Cumulative Reward"] = float(np.mean(w.episode_rewards))
+            stats["Environment/Episode Length"] = float(np.mean(w.episode_lengths))
+            for name, provider in self.optimizer.reward_signals.items():
+                # Per-signal reward per episode; extrinsic equals the cumulative environment reward times strength.
+                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
+        self._window = _SummaryWindow()
+        return stats
+
+    def update_from_batch(self, batch: BatchData, num_sequences: int) -> Dict[str, float]:
+        """The Update RPC: one optimizer step on a caller-supplied minibatch."""
+        fields = self.step_fields(batch)
+        fields[ACTION_MASK] = self._mask_field(batch)
+        fields[ADVANTAGES] = batch.advantages
+        for name in self.optimizer.reward_signals:
+            fields[returns_key(name)] = batch.returns[name]
+            fields[value_estimates_key(name)] = batch.value_estimates[name]
+        stats = self.optimizer.update(AgentBuffer(fields), num_sequences)
+        self.policy_version += 1
+        self.latest_stats = stats
+        return stats
+
+    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str):
+        piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
+        return self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id)

@@ -1,0 +1,197 @@
+"""Decode and validate trajectories and minibatches against a behaviour's spec.
+
+Everything a client sends is checked here before any state changes, so a rejected request leaves
+the behaviour untouched. Errors are InvalidArgument with the dotted field path, e.g.
+"trajectory.discrete_actions: value 3 at step 5 branch 0 is outside [0, 2)".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ludus.v1 import trainer_pb2 as pb
+from ludus_client.spec import BehaviorSpec
+from ludus_client.tensor_codec import TensorFormatError, dtype_name, from_tensor, is_set
+from ludus_service.errors import InvalidArgument
+
+_FLOAT_TYPES = (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64, pb.DATA_TYPE_FLOAT16)
+_INT_TYPES = (pb.DATA_TYPE_INT32, pb.DATA_TYPE_INT64)
+_MASK_TYPES = (pb.DATA_TYPE_BOOL, pb.DATA_TYPE_UINT8)
+MAX_AGENT_ID = 256
+#: Discrete log-probabilities are <= 0; allow float rounding.
+LOG_PROB_TOLERANCE = 1e-4
+
+
+@dataclass
+class StepData:
+    """Per-step fields shared by trajectories and minibatches (N rows)."""
+
+    observations: List[np.ndarray]  # each float32 [N, *shape]
+    continuous_actions: np.ndarray  # float32 [N, c]
+    discrete_actions: np.ndarray  # int64 [N, b]
+    continuous_log_probs: np.ndarray  # float32 [N, c]
+    discrete_log_probs: np.ndarray  # float32 [N, b]
+    action_masks: Optional[np.ndarray]  # bool [N, sum(branches)] or None
+
+    @property
+    def length(self) -> int:
+        return self.observations[0].shape[0]
+
+
+@dataclass
+class TrajectoryData(StepData):
+    rewards: np.ndarray = None  # float32 [T]
+    next_observations: Optional[List[np.ndarray]] = None  # each float32 [*shape]; None when done
+    done: bool = False
+    interrupted: bool = False
+    agent_id: str = ""
+    policy_version: int = 0
+
+
+@dataclass
+class BatchData(StepData):
+    advantages: np.ndarray = None  # float32 [N]
+    returns: Dict[str, np.ndarray] = None  # per signal float32 [N]
+    value_estimates: Dict[str, np.ndarray] = None
+
+
+def _decode(tensor: pb.Tensor, field: str, allowed: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    try:
+        arr = from_tensor(tensor, field)
+    except TensorFormatError as err:
+        raise InvalidArgument(err.field, str(err).split(": ", 1)[1]) from None
+    if tensor.dtype not in allowed:
+        names = ", ".join(dtype_name(d) for d in allowed)
+        raise InvalidArgument(field, f"dtype {dtype_name(tensor.dtype)} not allowed here (expected {names})")
+    if tuple(arr.shape) != tuple(shape):
+        raise InvalidArgument(field, f"shape {list(arr.shape)} does not match the expected {list(shape)}")
+    return arr
+
+
+def _finite(arr: np.ndarray, field: str) -> None:
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        value = arr[tuple(bad)]
+        kind = "NaN" if np.isnan(value) else "Inf"
+        raise InvalidArgument(field, f"contains {kind} at index {list(int(i) for i in bad)}")
+
+
+def _float(tensor: pb.Tensor, field: str, shape: Sequence[int]) -> np.ndarray:
+    arr = _decode(tensor, field, _FLOAT_TYPES, shape)
+    _finite(arr, field)
+    return arr.astype(np.float32, copy=False)
+
+
+def decode_observations(tensors: Sequence[pb.Tensor], spec: BehaviorSpec, field: str, leading: Sequence[int]) -> List[np.ndarray]:
+    """One float32 array per observation spec, of shape [*leading, *spec.shape]."""
+    if len(tensors) != len(spec.observations):
+        raise InvalidArgument(field, f"expected {len(spec.observations)} observation tensors (one per spec), got {len(tensors)}")
+    return [_float(t, f"{field}[{i}]", (*leading, *o.shape)) for i, (t, o) in enumerate(zip(tensors, spec.observations))]
+
+
+def _length(tensor: pb.Tensor, field: str) -> int:
+    if not is_set(tensor):
+        raise InvalidArgument(field, "is required")
+    if len(tensor.shape) != 1:
+        raise InvalidArgument(field, f"must be rank 1 [T], got shape {list(tensor.shape)}")
+    n = int(tensor.shape[0])
+    if n < 1:
+        raise InvalidArgument(field, "is empty (0 steps): a trajectory needs at least one step")
+    return n
+
+
+def _steps(msg, spec: BehaviorSpec, prefix: str, n: int) -> StepData:
+    obs = decode_observations(msg.observations, spec, f"{prefix}.observations", (n,))
+    a = spec.actions
+    c, b = a.continuous_size, a.num_branches
+
+    def optional_absent(tensor: pb.Tensor, name: str, why: str) -> None:
+        if is_set(tensor) and int(np.prod(list(tensor.shape) or [1])) > 0:
+            raise InvalidArgument(f"{prefix}.{name}", f"must be omitted: {why}")
+
+    if c:
+        for name in ("continuous_actions", "continuous_log_probs"):
+            if not is_set(getattr(msg, name)):
+                raise InvalidArgument(f"{prefix}.{name}", f"is required (continuous_size is {c})")
+        cont = _float(msg.continuous_actions, f"{prefix}.continuous_actions", (n, c))
+        cont_lp = _float(msg.continuous_log_probs, f"{prefix}.continuous_log_probs", (n, c))
+    else:
+        optional_absent(msg.continuous_actions, "continuous_actions", "the behaviour has no continuous actions")
+        optional_absent(msg.continuous_log_probs, "continuous_log_probs", "the behaviour has no continuous actions")
+        cont = np.zeros((n, 0), np.float32)
+        cont_lp = np.zeros((n, 0), np.float32)
+    masks = None
+    if b:
+        for name in ("discrete_actions", "discrete_log_probs"):
+            if not is_set(getattr(msg, name)):
+                raise InvalidArgument(f"{prefix}.{name}", f"is required (the behaviour has {b} discrete branches)")
+        disc = _decode(msg.discrete_actions, f"{prefix}.discrete_actions", _INT_TYPES, (n, b)).astype(np.int64)
+        for j, size in enumerate(a.discrete_branches):
+            col = disc[:, j]
+            bad = np.flatnonzero((col < 0) | (col >= size))
+            if bad.size:
+                t = int(bad[0])
+                raise InvalidArgument(f"{prefix}.discrete_actions", f"value {int(col[t])} at step {t} branch {j} is outside [0, {size})")
+        disc_lp = _float(msg.discrete_log_probs, f"{prefix}.discrete_log_probs", (n, b))
+        if (disc_lp > LOG_PROB_TOLERANCE).any():
+            t = int(np.argwhere(disc_lp > LOG_PROB_TOLERANCE)[0][0])
+            raise InvalidArgument(f"{prefix}.discrete_log_probs", f"log-probability {float(disc_lp.max()):.4g} > 0 at step {t}")
+        if is_set(msg.action_masks):
+            masks = _decode(msg.action_masks, f"{prefix}.action_masks", _MASK_TYPES, (n, a.mask_size)).astype(bool)
+            offset = 0
+            for j, size in enumerate(a.discrete_branches):
+                block = masks[:, offset:offset + size]
+                empty = np.flatnonzero(~block.any(axis=1))
+                if empty.size:
+                    raise InvalidArgument(f"{prefix}.action_masks", f"branch {j} has every option masked at step {int(empty[0])}")
+                chosen = block[np.arange(n), disc[:, j]]
+                masked = np.flatnonzero(~chosen)
+                if masked.size:
+                    t = int(masked[0])
+                    raise InvalidArgument(f"{prefix}.discrete_actions", f"step {t} branch {j} chose option {int(disc[t, j])}, which action_masks forbids")
+                offset += size
+    else:
+        optional_absent(msg.discrete_actions, "discrete_actions", "the behaviour has no discrete branches")
+        optional_absent(msg.discrete_log_probs, "discrete_log_probs", "the behaviour has no discrete branches")
+        optional_absent(msg.action_masks, "action_masks", "the behaviour has no discrete branches")
+        disc = np.zeros((n, 0), np.int64)
+        disc_lp = np.zeros((n, 0), np.float32)
+    return StepData(obs, cont, disc, cont_lp, disc_lp, masks)
+
+
+def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "trajectory") -> TrajectoryData:
+    if not msg.agent_id:
+        raise InvalidArgument(f"{prefix}.agent_id", "must be non-empty")
+    if len(msg.agent_id) > MAX_AGENT_ID:
+        raise InvalidArgument(f"{prefix}.agent_id", f"longer than {MAX_AGENT_ID} characters")
+    if msg.policy_version < 1:
+        raise InvalidArgument(f"{prefix}.policy_version", f"must be >= 1 (the version that acted), got {msg.policy_version}")
+    if msg.done and msg.interrupted:
+        raise InvalidArgument(f"{prefix}.interrupted", "cannot be set together with done (a step limit is not a terminal state)")
+    n = _length(msg.rewards, f"{prefix}.rewards")
+    rewards = _float(msg.rewards, f"{prefix}.rewards", (n,))
+    steps = _steps(msg, spec, prefix, n)
+    next_obs = None
+    if msg.next_observations or not msg.done:
+        if not msg.next_observations:
+            raise InvalidArgument(f"{prefix}.next_observations", "are required unless done is true (needed to bootstrap)")
+        next_obs = decode_observations(msg.next_observations, spec, f"{prefix}.next_observations", ())
+    return TrajectoryData(
+        **vars(steps), rewards=rewards, next_observations=next_obs, done=msg.done,
+        interrupted=msg.interrupted, agent_id=msg.agent_id, policy_version=msg.policy_version,
+    )
+
+
+def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str], prefix: str = "batch") -> BatchData:
+    n = _length(msg.advantages, f"{prefix}.advantages")
+    advantages = _float(msg.advantages, f"{prefix}.advantages", (n,))
+    steps = _steps(msg, spec, prefix, n)
+    per_signal = {}
+    for key in ("returns", "value_estimates"):
+        given = dict(msg.returns if key == "returns" else msg.value_estimates)
+        if set(given) != set(signals):
+            raise InvalidArgument(f"{prefix}.{key}", f"must have exactly the behaviour's reward signals {sorted(signals)}, got {sorted(given)}")
+        per_signal[key] = {s: _float(given[s], f"{prefix}.{key}[{s}]", (n,)) for s in signals}
+    return BatchData(**vars(steps), advantages=advantages, returns=per_signal["returns"], value_estimates=per_signal["value_estimates"])

@@ -1,0 +1,30 @@
+"""Shared fixtures: a real Ludus server on a free loopback port, and clients connected to it."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterator
+
+import pytest
+import torch
+
+from ludus_client import LudusClient
+from ludus_service.registry import BehaviorRegistry
+from ludus_service.server import RunningServer, start_server
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    """A real gRPC server (trainer, health, reflection) on 127.0.0.1:<free port>, CPU learner."""
+    running = start_server(BehaviorRegistry(device="cpu", seed=0), host="127.0.0.1", port=0)
+    yield running
+    running.stop(grace=1.0)
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[LudusClient]:
+    with LudusClient(f"127.0.0.1:{server.port}", timeout=30.0) as c:
+        c.wait_ready(10)
+        yield c
