@@ -47,11 +47,11 @@ class TensorFormatError(ValueError):
 def to_tensor(array: np.ndarray | Sequence, dtype: Optional[np.dtype] = None) -> pb.Tensor:
     """Encode an array (copied to little-endian, C order) as a wire Tensor."""
     arr = np.asarray(array, dtype=dtype)
-    if arr.dtype not in _FROM_NUMPY:
-        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {sorted(str(d) for d in _FROM_NUMPY)}")
-    wire_dtype = _FROM_NUMPY[arr.dtype]
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
+    wire_dtype = _FROM_NUMPY.get(arr.dtype.newbyteorder("="))
+    if wire_dtype is None:
+        raise TypeError(f"unsupported dtype {arr.dtype}; use one of {sorted(str(d) for d in _FROM_NUMPY)}")
     return pb.Tensor(dtype=wire_dtype, shape=list(arr.shape), raw_data=np.ascontiguousarray(arr).tobytes())
 
 

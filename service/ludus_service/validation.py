@@ -81,7 +81,7 @@ def _finite(arr: np.ndarray, field: str) -> None:
 def _float(tensor: pb.Tensor, field: str, shape: Sequence[int]) -> np.ndarray:
     arr = _decode(tensor, field, _FLOAT_TYPES, shape)
     _finite(arr, field)
-    return arr.astype(np.float32, copy=False)
+    return np.array(arr, dtype=np.float32)  # a writable copy, independent of the request's buffer
 
 
 def decode_observations(tensors: Sequence[pb.Tensor], spec: BehaviorSpec, field: str, leading: Sequence[int]) -> List[np.ndarray]:

@@ -79,10 +79,10 @@ class PPOOptimizer(TorchOptimizer):
         loss.backward()
         self.adam.step()
         return {
-            "Losses/Policy Loss": abs(float(policy_loss)),
-            "Losses/Value Loss": float(value_loss),
+            "Losses/Policy Loss": abs(policy_loss.item()),
+            "Losses/Value Loss": value_loss.item(),
             "Policy/Learning Rate": lr,
             "Policy/Epsilon": eps,
             "Policy/Beta": beta,
-            "Policy/Entropy": float(entropy),
+            "Policy/Entropy": entropy.item(),
         }
