@@ -13,12 +13,15 @@ from ludus_service.registry import BehaviorRegistry
 from ludus_service.server import RunningServer, start_server
 
 torch.set_num_threads(1)
+#: Learner device for the in-process test server: cpu by default; LUDUS_TEST_DEVICE=cuda runs the
+#: same tests against a GPU learner (done on a GPU host; CI has none).
+TEST_DEVICE = os.environ.get("LUDUS_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
-    """A real gRPC server (trainer, health, reflection) on 127.0.0.1:<free port>, CPU learner."""
-    running = start_server(BehaviorRegistry(device="cpu", seed=0), host="127.0.0.1", port=0)
+    """A real gRPC server (trainer, health, reflection) on 127.0.0.1:<free port>."""
+    running = start_server(BehaviorRegistry(device=TEST_DEVICE, seed=0), host="127.0.0.1", port=0)
     yield running
     running.stop(grace=1.0)
 
