@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from gymnasium.vector import AutoresetMode
 
+from ludus.v1 import trainer_pb2 as pb
 from ludus_client.client import LudusClient, LudusError
 from ludus_client.policy import LocalPolicy
 from ludus_client.spec import ActionSpec, BehaviorSpec, ObservationSpec
@@ -76,9 +77,15 @@ class PolicyHolder:
                 self.policy = policy
                 self._changed.notify_all()
 
-    def wait_newer(self, version: int, timeout: float) -> bool:
+    def replace(self, policy: LocalPolicy) -> None:
+        """Unconditional swap: the server restarted from an older checkpoint (versions went back)."""
         with self._changed:
-            return self._changed.wait_for(lambda: self.policy.version > version, timeout)
+            self.policy = policy
+            self._changed.notify_all()
+
+    def wait_changed(self, version: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.policy.version != version, timeout)
 
 
 @dataclass
@@ -145,7 +152,13 @@ def run(
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(client, name, holder, stop), daemon=True, name="policy-watch")
     watcher.start()
-    stream = TrajectoryStream(client, name)
+    rolled_back = threading.Event()
+
+    def on_ack(ack) -> None:
+        if ack.drop_reason == pb.DROP_REASON_UNKNOWN_POLICY_VERSION:
+            rolled_back.set()
+
+    stream = TrajectoryStream(client, name, on_ack=on_ack)
     builders = [TrajectoryBuilder(spec, f"{name}-{i}") for i in range(num_envs)]
     episode_returns = np.zeros(num_envs)
     recent: deque = deque(maxlen=window)
@@ -160,6 +173,9 @@ def run(
     acted_version, acted_steps = holder.policy.version, 0
     try:
         while env_steps < steps:
+            if rolled_back.is_set():  # the server resumed from an older checkpoint: act with its policy
+                rolled_back.clear()
+                holder.replace(client.get_local_policy(name))
             policy = holder.policy
             if policy.version != acted_version:
                 acted_version, acted_steps = policy.version, 0
@@ -167,7 +183,7 @@ def run(
                 for i, builder in enumerate(builders):  # end the rollout: bootstrap every open piece
                     if len(builder):
                         stream.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
-                if not holder.wait_newer(acted_version, version_timeout):
+                if not holder.wait_changed(acted_version, version_timeout) and not rolled_back.is_set():
                     raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no policy newer than version {acted_version} within {version_timeout:.0f}s")
                 continue
             flat_obs = obs.reshape(num_envs, -1).astype(np.float32)

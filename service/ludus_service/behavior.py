@@ -1,40 +1,60 @@
-"""A registered behaviour: its trainer, its policy versions, and the intake that feeds the trainer.
+"""A registered behaviour: its trainer, its policy versions, the intake feeding the trainer, and its
+checkpoints.
 
 Intake is a bounded queue drained by one learner thread per behaviour, so many clients can stream
 into one behaviour while the trainer sees trajectories one at a time, each applied whole. The queue
 is bounded in steps: when full, `submit` waits (flow control) and then answers RESOURCE_EXHAUSTED
 instead of growing memory. EstimateValues and Update take the same lock as the learner thread.
+On close, everything already accepted is processed before the final checkpoint, so an orderly
+shutdown loses nothing that was acknowledged.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ludus_service.checkpoint import remove_stale_temp_files, save_checkpoint
 from ludus_service.errors import InvalidArgument, ResourceExhausted
+from ludus_service.metrics import BehaviorMetrics, ServerMetrics
 from ludus_service.policy_store import PolicyStore
-from ludus_service.settings import TrainerSettings
-from ludus_service.spec import BehaviorSpec
+from ludus_service.settings import TrainerSettings, resolve_settings, settings_to_dict
+from ludus_service.spec import ActionSpec, BehaviorSpec, ObservationSpec
 from ludus_service.trainer import PPOTrainer
 from ludus_service.validation import BatchData, TrajectoryData
 
 log = logging.getLogger(__name__)
+
+STALE = "stale_policy_version"
+UNKNOWN_VERSION = "unknown_policy_version"
 
 
 @dataclass
 class SubmitResult:
     accepted_steps: int
     dropped_steps: int
-    stale: bool
+    drop_reason: Optional[str]
     policy_version: int
     total_steps: int
     latest_stats: Dict[str, float] = field(default_factory=dict)
+
+
+def spec_to_dict(spec: BehaviorSpec) -> Dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: Dict[str, Any]) -> BehaviorSpec:
+    observations = tuple(ObservationSpec(o["name"], tuple(o["shape"]), o["kind"], o["observation_type"]) for o in data["observations"])
+    a = data["actions"]
+    return BehaviorSpec(observations, ActionSpec(a["continuous_size"], tuple(a["discrete_branches"])))
 
 
 class Behavior:
@@ -46,8 +66,12 @@ class Behavior:
         explicit_settings: Optional[dict] = None,
         device: torch.device | str = "cpu",
         seed: Optional[int] = None,
+        metrics: Optional[BehaviorMetrics] = None,
+        checkpoint_dir: Optional[Path] = None,
         max_queued_steps: Optional[int] = None,
         intake_timeout: float = 10.0,
+        restore: Optional[Tuple[Dict[str, torch.Tensor], dict]] = None,
+        initial_weights: Optional[Dict[str, torch.Tensor]] = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -56,19 +80,39 @@ class Behavior:
         self.explicit_settings = explicit_settings or {}
         self.trainer = PPOTrainer(spec, settings, device, seed)
         self.store = PolicyStore(name)
+        self.metrics = metrics or ServerMetrics().for_behavior(name)
+        self.checkpoint_dir = checkpoint_dir / name if checkpoint_dir is not None else None
         self.max_queued_steps = max_queued_steps or max(2 * settings.hyperparameters.buffer_size, 8192)
         self.intake_timeout = intake_timeout
         self.dropped_stale_steps = 0
         self.accepted_steps = 0
+        if initial_weights is not None:
+            self.trainer.load_weights(initial_weights)
+        if restore is not None:
+            tensors, meta = restore
+            self.trainer.load_state(tensors, meta["trainer"])
+            self.accepted_steps = int(meta["accepted_steps"])
+            self.dropped_stale_steps = int(meta["dropped_stale_steps"])
+        self._last_checkpoint_step = self.trainer.step
         self._lock = threading.RLock()  # guards the trainer
         self._intake = threading.Condition()
         self._queue: Deque[TrajectoryData] = deque()
         self._queued_steps = 0
         self._busy = False
         self._stopping = False
+        if self.checkpoint_dir is not None:
+            remove_stale_temp_files(self.checkpoint_dir)
+        self.metrics.set_capacity(settings.hyperparameters.buffer_size)
         self._publish()
         self._worker = threading.Thread(target=self._learn_loop, name=f"learner-{name}", daemon=True)
         self._worker.start()
+
+    @classmethod
+    def from_checkpoint(cls, tensors: Dict[str, torch.Tensor], meta: dict, **kwargs) -> "Behavior":
+        """Rebuild a behaviour exactly as checkpointed (--resume)."""
+        settings = resolve_settings(meta["settings"])
+        return cls(meta["behavior_name"], spec_from_dict(meta["spec"]), settings, meta.get("explicit_settings") or {},
+                   restore=(tensors, meta), **kwargs)
 
     # -- versions ----------------------------------------------------------------------------------
     @property
@@ -82,28 +126,36 @@ class Behavior:
     def _publish(self) -> None:
         tensors, architecture = self.trainer.optimizer.actor.export()
         self.store.publish(self.trainer.policy_version, self.trainer.step, tensors, architecture)
+        self.metrics.policy_version.set(self.trainer.policy_version)
 
     # -- intake ------------------------------------------------------------------------------------
+    def _drop(self, traj: TrajectoryData, reason: str) -> SubmitResult:
+        with self._intake:
+            self.dropped_stale_steps += traj.length
+        self.metrics.rejected(reason, traj.length)
+        return SubmitResult(0, traj.length, reason, self.trainer.policy_version, self.accepted_steps, self.trainer.latest_stats)
+
     def submit(self, traj: TrajectoryData, field_name: str = "trajectory") -> SubmitResult:
         current = self.trainer.policy_version
         if traj.policy_version > current:
-            raise InvalidArgument(f"{field_name}.policy_version", f"{traj.policy_version} is newer than the current version {current}")
+            # Only possible after a restart from an older checkpoint: the acting policy is unknown here.
+            return self._drop(traj, UNKNOWN_VERSION)
         if current - traj.policy_version > self.settings.max_policy_lag:
-            with self._intake:
-                self.dropped_stale_steps += traj.length
-            return SubmitResult(0, traj.length, True, current, self.accepted_steps, self.trainer.latest_stats)
+            return self._drop(traj, STALE)
         with self._intake:
             has_room = lambda: self._stopping or self._queued_steps == 0 or self._queued_steps + traj.length <= self.max_queued_steps
-            if not self._intake.wait_for(has_room, timeout=self.intake_timeout):
-                raise ResourceExhausted(f"{field_name}", f"intake of behaviour {self.name!r} is full ({self._queued_steps} steps queued); retry later")
-            if self._stopping:
-                raise ResourceExhausted(f"{field_name}", f"behaviour {self.name!r} is shutting down")
+            if not self._intake.wait_for(has_room, timeout=self.intake_timeout) or self._stopping:
+                self.metrics.rejected("backpressure", traj.length)
+                why = "is shutting down" if self._stopping else f"intake is full ({self._queued_steps} steps queued)"
+                raise ResourceExhausted(field_name, f"behaviour {self.name!r} {why}; retry later")
             self._queue.append(traj)
             self._queued_steps += traj.length
             self.accepted_steps += traj.length
             total = self.accepted_steps
+            self.metrics.queue_steps.set(self._queued_steps)
             self._intake.notify_all()
-        return SubmitResult(traj.length, 0, False, self.trainer.policy_version, total, self.trainer.latest_stats)
+        self.metrics.accepted(traj.length)
+        return SubmitResult(traj.length, 0, None, self.trainer.policy_version, total, self.trainer.latest_stats)
 
     def _learn_loop(self) -> None:
         while True:
@@ -115,20 +167,33 @@ class Behavior:
                 self._busy = True
             try:
                 with self._lock:
+                    started = time.perf_counter()
                     self.trainer.process_trajectory(traj)
+                    self.metrics.value_estimation.observe(time.perf_counter() - started)
+                    self.metrics.steps_processed.inc(traj.length)
                     if self.trainer.ready_to_update():
-                        started = time.perf_counter()
-                        stats = self.trainer.update_policy()
-                        self._publish()
-                        log.info("%s: policy version %d after %.2fs update, %s", self.name, self.trainer.policy_version,
-                                 time.perf_counter() - started, {k: round(v, 4) for k, v in stats.items()})
+                        self._run_update()
+                    self.metrics.buffer_steps.set(self.trainer.buffered_steps)
             except Exception:  # validated input should never fail here; keep the learner alive regardless
                 log.exception("%s: failed to process a trajectory of agent %r", self.name, traj.agent_id)
             finally:
                 with self._intake:
                     self._queued_steps -= traj.length
+                    self.metrics.queue_steps.set(self._queued_steps)
                     self._busy = False
                     self._intake.notify_all()
+
+    def _run_update(self) -> None:
+        started = time.perf_counter()
+        stats = self.trainer.update_policy()
+        elapsed = time.perf_counter() - started
+        self._publish()
+        self.metrics.update_duration.observe(elapsed)
+        self.metrics.training_stats(stats)
+        log.info("%s: policy version %d after a %.2fs update", self.name, self.trainer.policy_version, elapsed)
+        interval = self.settings.checkpoint_interval
+        if self.checkpoint_dir is not None and self.trainer.step // interval > self._last_checkpoint_step // interval:
+            self.checkpoint()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until every accepted trajectory has been processed (tests, shutdown, benchmarks)."""
@@ -138,6 +203,28 @@ class Behavior:
     @property
     def queued_steps(self) -> int:
         return self._queued_steps
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint(self) -> Optional[Path]:
+        """Write a checkpoint now (no-op without a checkpoint directory)."""
+        if self.checkpoint_dir is None:
+            return None
+        with self._lock:
+            meta = {
+                "behavior_name": self.name,
+                "spec": spec_to_dict(self.spec),
+                "settings": settings_to_dict(self.settings),
+                "explicit_settings": self.explicit_settings,
+                "accepted_steps": self.accepted_steps,
+                "dropped_stale_steps": self.dropped_stale_steps,
+                "trainer": self.trainer.state_metadata(),
+            }
+            path = save_checkpoint(self.checkpoint_dir, self.trainer.step, self.trainer.state_tensors(), meta,
+                                   self.settings.keep_checkpoints)
+            self._last_checkpoint_step = self.trainer.step
+        self.metrics.checkpoints.inc()
+        log.info("%s: checkpoint %s", self.name, path)
+        return path
 
     # -- direct optimizer access -------------------------------------------------------------------
     def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str):
@@ -152,11 +239,18 @@ class Behavior:
         with self._lock:
             stats = self.trainer.update_from_batch(batch, num_sequences)
             self._publish()
+            self.metrics.training_stats(stats)
             return stats, self.trainer.policy_version
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
+        """Stop intake, finish what was accepted (including an update in flight), checkpoint."""
         with self._intake:
             self._stopping = True
             self._intake.notify_all()
-        self._worker.join(timeout=30)
+        self._worker.join()
+        if checkpoint:
+            try:
+                self.checkpoint()
+            except OSError:
+                log.exception("%s: final checkpoint failed", self.name)
         self.store.close()

@@ -29,6 +29,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: half the cores, at least 1)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC message accepted or sent")
     p.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight RPCs on SIGTERM/SIGINT")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (default 9090; 0 picks a free one; -1 disables)")
+    p.add_argument("--checkpoint-dir", default=None, help="folder for checkpoints (per behaviour; every checkpoint_interval steps and at shutdown)")
+    p.add_argument("--resume", action="store_true", help="restore every behaviour from its latest checkpoint in --checkpoint-dir")
+    p.add_argument("--initialize-from", default=None, help="checkpoint folder of an earlier run: new behaviours start from its weights (step reset)")
+    p.add_argument("--drain-seconds", type=float, default=1.0, help="on SIGTERM, seconds health reports NOT_SERVING before the port closes")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--version", action="version", version=f"ludus-server {__version__}")
     return p.parse_args(argv)
@@ -52,16 +57,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             log.error("--config %s: %s", args.config, err)
             return 2
     torch.set_num_threads(args.torch_threads or max(1, (os.cpu_count() or 2) // 2))
-    registry = BehaviorRegistry(config, device, args.seed)
+    if args.resume and not args.checkpoint_dir:
+        log.error("--resume needs --checkpoint-dir")
+        return 2
+    registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from)
+    if args.resume:
+        restored = registry.resume()
+        log.info("resumed %d behaviour(s): %s", len(restored), ", ".join(restored) or "none found")
+    metrics_note = ""
+    if args.metrics_port >= 0:
+        _, metrics_port = registry.metrics.serve(args.metrics_port, args.host)
+        metrics_note = f", metrics on :{metrics_port}/metrics"
     running = start_server(registry, args.host, args.port, max_message_bytes=args.max_message_bytes)
     # The exact line tests and scripts wait for.
-    print(f"ludus-server listening on {args.host}:{running.port} (device {device})", flush=True)
+    print(f"ludus-server listening on {args.host}:{running.port} (device {device}{metrics_note})", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down (grace %.1fs)", args.grace)
-    running.stop(args.grace)
+    running.stop(args.grace, drain_seconds=args.drain_seconds)
+    log.info("stopped")
     return 0
 
 

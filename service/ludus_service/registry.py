@@ -1,17 +1,23 @@
-"""The behaviours a server trains, created idempotently by RegisterBehavior."""
+"""The behaviours a server trains: created idempotently by RegisterBehavior, restored by --resume."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus_service.behavior import Behavior
-from ludus_service.errors import FailedPrecondition, NotFound
-from ludus_service.settings import ServerConfig, resolve_settings, settings_to_dict
+from ludus_service.checkpoint import latest_checkpoint, load_checkpoint
+from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from ludus_service.metrics import ServerMetrics
+from ludus_service.settings import ServerConfig, TrainerSettings, resolve_settings, settings_to_dict
 from ludus_service.spec import BehaviorSpec, parse_spec, validate_behavior_name
+
+log = logging.getLogger(__name__)
 
 
 def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:
@@ -29,12 +35,60 @@ def describe_spec_difference(registered: BehaviorSpec, requested: BehaviorSpec) 
 
 
 class BehaviorRegistry:
-    def __init__(self, config: Optional[ServerConfig] = None, device: torch.device | str = "cpu", seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        config: Optional[ServerConfig] = None,
+        device: torch.device | str = "cpu",
+        seed: Optional[int] = None,
+        metrics: Optional[ServerMetrics] = None,
+        checkpoint_dir: Optional[Path] = None,
+        initialize_from: Optional[Path] = None,
+    ) -> None:
         self.config = config or ServerConfig()
         self.device = torch.device(device)
         self.seed = seed
+        self.metrics = metrics or ServerMetrics(self.device)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.initialize_from = Path(initialize_from) if initialize_from is not None else None
         self._behaviors: Dict[str, Behavior] = {}
         self._lock = threading.Lock()
+        #: Set at graceful shutdown: new trainer RPCs are refused with UNAVAILABLE.
+        self.shutting_down = False
+
+    def _behavior_kwargs(self, name: str) -> Dict[str, Any]:
+        return dict(device=self.device, seed=self.seed, metrics=self.metrics.for_behavior(name), checkpoint_dir=self.checkpoint_dir)
+
+    def resume(self) -> List[str]:
+        """Restore every behaviour that has a checkpoint under checkpoint_dir (--resume)."""
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return []
+        restored = []
+        for directory in sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir()):
+            found = latest_checkpoint(directory)
+            if found is None:
+                continue
+            path, tensors, meta = found
+            name = meta["behavior_name"]
+            self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, **self._behavior_kwargs(name))
+            log.info("resumed %s from %s (step %d, policy version %d)", name, path, self._behaviors[name].trainer.step,
+                     self._behaviors[name].policy_version)
+            restored.append(name)
+        return restored
+
+    def _initial_weights(self, name: str, settings: TrainerSettings) -> Optional[Dict[str, torch.Tensor]]:
+        """Weights from ML-Agents' `init_path` (a checkpoint file or behaviour folder) or --initialize-from."""
+        if settings.init_path:
+            source = Path(settings.init_path)
+            found = latest_checkpoint(source) if source.is_dir() else (source, *load_checkpoint(source)) if source.exists() else None
+            if found is None:
+                raise InvalidArgument("settings.init_path", f"no readable checkpoint at {source}")
+            return found[1]
+        if self.initialize_from is not None:
+            found = latest_checkpoint(self.initialize_from / name)
+            if found is not None:
+                log.info("initialising %s from %s", name, found[0])
+                return found[1]
+        return None
 
     def register(self, name: str, spec_msg: pb.BehaviorSpec, overrides: Optional[Mapping[str, Any]]) -> Tuple[Behavior, bool]:
         validate_behavior_name(name)
@@ -49,7 +103,11 @@ class BehaviorRegistry:
                     diff = _first_difference(settings_to_dict(existing.settings), settings_to_dict(settings), "settings")
                     raise FailedPrecondition("settings", f"behaviour {name!r} is registered with different settings: {diff}")
                 return existing, False
-            behavior = Behavior(name, spec, settings, dict(overrides or {}), self.device, self.seed)
+            weights = self._initial_weights(name, settings)
+            try:
+                behavior = Behavior(name, spec, settings, dict(overrides or {}), initial_weights=weights, **self._behavior_kwargs(name))
+            except RuntimeError as err:  # e.g. init weights whose shapes do not fit this spec/network
+                raise FailedPrecondition("settings.init_path", f"initial weights do not fit behaviour {name!r}: {err}") from None
             self._behaviors[name] = behavior
             return behavior, True
 
@@ -65,6 +123,7 @@ class BehaviorRegistry:
     def all(self) -> List[Behavior]:
         return list(self._behaviors.values())
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
+        """Finish accepted work and checkpoint every behaviour (graceful shutdown)."""
         for behavior in self.all():
-            behavior.close()
+            behavior.close(checkpoint=checkpoint)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Optional
@@ -35,9 +36,15 @@ class RunningServer:
     registry: BehaviorRegistry
     health: health.HealthServicer
 
-    def stop(self, grace: Optional[float] = 5.0) -> None:
-        """Health NOT_SERVING first (load balancers stop sending), then drain and stop."""
+    def stop(self, grace: Optional[float] = 5.0, drain_seconds: float = 0.0) -> None:
+        """Graceful shutdown: health NOT_SERVING and new trainer RPCs refused (UNAVAILABLE, which
+        clients retry) while the port stays open for `drain_seconds`; then in-flight RPCs get
+        `grace` seconds; then every behaviour finishes accepted work (an update in flight
+        included) and writes its checkpoint."""
         self.health.enter_graceful_shutdown()
+        self.registry.shutting_down = True
+        if drain_seconds > 0:
+            time.sleep(drain_seconds)
         self.server.stop(grace).wait()
         self.registry.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Callable, Iterator
 
 import grpc
@@ -15,6 +16,7 @@ from google.protobuf import json_format, struct_pb2
 from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client.tensor_codec import to_tensor
+from ludus_service.behavior import STALE, UNKNOWN_VERSION
 from ludus_service.errors import InvalidArgument, LudusError
 from ludus_service.policy_store import PolicySnapshot
 from ludus_service.registry import BehaviorRegistry
@@ -32,17 +34,45 @@ def _internal(err: Exception) -> LudusError:
     return wrapped
 
 
+def _observe(self, method_name: str, code: grpc.StatusCode, started: float) -> None:
+    metrics = self.metrics
+    if metrics is not None:
+        metrics.rpc_handled.labels(method_name, code.name).inc()
+        metrics.rpc_duration.labels(method_name).observe(time.perf_counter() - started)
+
+
+def _started(self, method_name: str) -> float:
+    if self.metrics is not None:
+        self.metrics.rpc_started.labels(method_name).inc()
+    return time.perf_counter()
+
+
+class Unavailable(LudusError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def _refuse_if_shutting_down(self) -> None:
+    if self.registry.shutting_down:
+        raise Unavailable("", "server is shutting down; retry against the restarted server")
+
+
 def _map_errors(method: Callable) -> Callable:
-    """Unary handlers: LudusError -> its status; anything else -> INTERNAL (logged)."""
+    """Unary handlers: LudusError -> its status; anything else -> INTERNAL (logged). Counts and
+    times every call by method and status code."""
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
+        started = _started(self, method.__name__)
         try:
-            return method(self, request, context)
+            _refuse_if_shutting_down(self)
+            response = method(self, request, context)
+            _observe(self, method.__name__, grpc.StatusCode.OK, started)
+            return response
         except LudusError as err:
             failure = err
         except Exception as err:  # noqa: BLE001 - the server must keep serving
             failure = _internal(err)
+        _observe(self, method.__name__, failure.code, started)
         context.abort(failure.code, str(failure))
 
     return wrapper
@@ -53,13 +83,21 @@ def _map_stream_errors(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
+        started = _started(self, method.__name__)
         try:
+            _refuse_if_shutting_down(self)
             yield from method(self, request, context)
+            code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+            _observe(self, method.__name__, code, started)
             return
         except LudusError as err:
             failure = err
+        except GeneratorExit:  # the client went away mid-stream
+            _observe(self, method.__name__, grpc.StatusCode.CANCELLED, started)
+            raise
         except Exception as err:  # noqa: BLE001
             failure = _internal(err)
+        _observe(self, method.__name__, failure.code, started)
         context.abort(failure.code, str(failure))
 
     return wrapper
@@ -87,9 +125,13 @@ def _check_format(fmt: int) -> None:
         raise InvalidArgument("format", f"unsupported policy format {fmt} (supported: POLICY_FORMAT_SAFETENSORS)")
 
 
+_DROP_REASONS = {None: pb.DROP_REASON_NONE, STALE: pb.DROP_REASON_STALE_POLICY_VERSION, UNKNOWN_VERSION: pb.DROP_REASON_UNKNOWN_POLICY_VERSION}
+
+
 class TrainerServicer(pb_grpc.TrainerServicer):
     def __init__(self, registry: BehaviorRegistry) -> None:
         self.registry = registry
+        self.metrics = registry.metrics
 
     @_map_errors
     def RegisterBehavior(self, request: pb.RegisterBehaviorRequest, context) -> pb.RegisterBehaviorResponse:
@@ -136,13 +178,19 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @_map_stream_errors
     def SubmitTrajectories(self, request_iterator, context) -> Iterator[pb.SubmitTrajectoriesResponse]:
         for index, request in enumerate(request_iterator):
+            _refuse_if_shutting_down(self)  # unacknowledged trajectories are resent after the restart
             behavior = self.registry.get(request.behavior_name)
             prefix = f"requests[{index}].trajectory"
-            trajectory = parse_trajectory(request.trajectory, behavior.spec, prefix)
+            try:
+                trajectory = parse_trajectory(request.trajectory, behavior.spec, prefix)
+            except InvalidArgument:
+                shape = request.trajectory.rewards.shape
+                behavior.metrics.rejected("invalid", max(int(shape[0]), 0) if len(shape) == 1 else 0)
+                raise
             result = behavior.submit(trajectory, prefix)
             yield pb.SubmitTrajectoriesResponse(
                 accepted_steps=result.accepted_steps, dropped_steps=result.dropped_steps,
-                drop_reason=pb.DROP_REASON_STALE_POLICY_VERSION if result.stale else pb.DROP_REASON_NONE,
+                drop_reason=_DROP_REASONS[result.drop_reason],
                 policy_version=result.policy_version, latest_update_stats=result.latest_stats, total_steps=result.total_steps,
             )
 
@@ -161,6 +209,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         store = behavior.store
         after = request.after_version if request.after_version > 0 else store.latest_version - 1
         while context.is_active() and not store.closed:
+            _refuse_if_shutting_down(self)  # ends the stream with UNAVAILABLE: watchers reconnect
             snapshot = store.wait_newer(after, WATCH_POLL_SECONDS)
             if snapshot is None:
                 continue

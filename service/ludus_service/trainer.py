@@ -174,6 +174,53 @@ class PPOTrainer:
         self.latest_stats = stats
         return stats
 
+    # -- checkpoint state --------------------------------------------------------------------------
+    def state_tensors(self) -> Dict[str, torch.Tensor]:
+        """Everything training needs to continue exactly: networks (normaliser included), Adam
+        moments, and the processed-but-untrained update buffer."""
+        opt = self.optimizer
+        tensors: Dict[str, torch.Tensor] = {}
+        for prefix, module in (("actor", opt.actor), ("critic", opt.critic)):
+            for key, value in module.state_dict().items():
+                tensors[f"{prefix}.{key}"] = value
+        for index, state in opt.adam.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        for key, value in self.update_buffer.as_dict().items():
+            tensors[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        return tensors
+
+    def state_metadata(self) -> Dict[str, object]:
+        return {
+            "global_step": self.optimizer.global_step,
+            "policy_version": self.policy_version,
+            "latest_stats": self.latest_stats,
+            "rng": self.rng.bit_generator.state,
+            "adam_param_groups": self.optimizer.adam.state_dict()["param_groups"],
+        }
+
+    def load_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Networks only (--initialize-from / init_path): step, version and optimizer start afresh."""
+        opt = self.optimizer
+        for prefix, module in (("actor", opt.actor), ("critic", opt.critic)):
+            module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+
+    def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
+        """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
+        self.load_weights(tensors)
+        adam_state: Dict[int, Dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                adam_state.setdefault(int(index), {})[name] = value
+        self.optimizer.adam.load_state_dict({"state": adam_state, "param_groups": metadata["adam_param_groups"]})
+        buffer = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
+        self.update_buffer = AgentBuffer(buffer) if buffer else AgentBuffer()
+        self.optimizer.global_step = int(metadata["global_step"])
+        self.policy_version = int(metadata["policy_version"])
+        self.latest_stats = {k: float(v) for k, v in dict(metadata["latest_stats"]).items()}
+        self.rng.bit_generator.state = metadata["rng"]
+
     def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str):
         piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
         return self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id)

@@ -35,6 +35,7 @@ class DropReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DROP_REASON_NONE: _ClassVar[DropReason]
     DROP_REASON_STALE_POLICY_VERSION: _ClassVar[DropReason]
+    DROP_REASON_UNKNOWN_POLICY_VERSION: _ClassVar[DropReason]
 
 class PolicyFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ OBSERVATION_TYPE_DEFAULT: ObservationType
 OBSERVATION_TYPE_GOAL_SIGNAL: ObservationType
 DROP_REASON_NONE: DropReason
 DROP_REASON_STALE_POLICY_VERSION: DropReason
+DROP_REASON_UNKNOWN_POLICY_VERSION: DropReason
 POLICY_FORMAT_UNSPECIFIED: PolicyFormat
 POLICY_FORMAT_SAFETENSORS: PolicyFormat
 
