@@ -7,6 +7,9 @@
   Update is not idempotent and is never retried; trajectories are retried by TrajectoryStream, which
   resends only what the server has not acknowledged.
 - Message limits are raised to the server's (256 MiB) so large observations pass.
+- Security (see ludus_client.auth): `token=` (default: env LUDUS_AUTH_TOKEN) is sent as
+  `authorization: Bearer <token>` on every call; `root_certificates=` / `tls=True` connect with TLS,
+  `client_cert_chain=` + `client_private_key=` with mutual TLS.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from google.protobuf import json_format, struct_pb2
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
+from ludus_client.auth import BearerTokenInterceptor, make_channel, resolve_token
 from ludus_client.policy import LocalPolicy
 from ludus_client.spec import BehaviorSpec
 from ludus_client.tensor_codec import from_tensor, to_tensor
@@ -108,7 +112,17 @@ class LudusClient:
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel: Optional[grpc.Channel] = None,
+        token: Optional[str] = None,
+        root_certificates: Optional[bytes] = None,
+        client_cert_chain: Optional[bytes] = None,
+        client_private_key: Optional[bytes] = None,
+        tls_server_name: Optional[str] = None,
+        tls: bool = False,
     ) -> None:
+        """`token`: bearer token sent on every call (default: env LUDUS_AUTH_TOKEN; '' = none).
+        TLS is used when `tls` is true or any TLS argument is given: `root_certificates` (PEM CA;
+        None = system roots), `client_cert_chain` + `client_private_key` (PEM, mutual TLS),
+        `tls_server_name` (name to verify in the server's certificate instead of the target host)."""
         self.target = target
         self.timeout = timeout
         options = [
@@ -118,7 +132,11 @@ class LudusClient:
             ("grpc.service_config", _service_config()),
             *KEEPALIVE_OPTIONS,
         ]
-        self.channel = channel or grpc.insecure_channel(target, options=options)
+        self.channel = channel or make_channel(target, options, tls, root_certificates, client_cert_chain,
+                                               client_private_key, tls_server_name)
+        self.token = resolve_token(token)
+        if self.token:  # every stub call on self.channel carries `authorization: Bearer <token>`
+            self.channel = grpc.intercept_channel(self.channel, BearerTokenInterceptor(self.token))
         self.stub = pb_grpc.TrainerStub(self.channel)
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import re
 import sys
 import threading
@@ -24,6 +25,7 @@ import yaml
 from gymnasium.vector import AutoresetMode
 
 from ludus.v1 import trainer_pb2 as pb
+from ludus_client.auth import read_token_file
 from ludus_client.client import LudusClient, LudusError
 from ludus_client.policy import LocalPolicy
 from ludus_client.spec import ActionSpec, BehaviorSpec, ObservationSpec
@@ -116,6 +118,22 @@ def _watch(client: LudusClient, name: str, holder: PolicyHolder, stop: threading
             backoff = min(backoff * 2, 5.0)
 
 
+def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, stream: TrajectoryStream, acted_version: int,
+                        rollout_steps: int, timeout: float, rolled_back: threading.Event) -> bool:
+    """Wait for the update our rollout completes. False if the server cannot update without more
+    data: everything we sent is acknowledged and its buffer plus queue is still short of buffer_size
+    (after a restart from a checkpoint, steps acknowledged by the old process are gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if holder.wait_changed(acted_version, 1.0) or rolled_back.is_set():
+            return True
+        if stream.unacknowledged == 0:
+            state = client.describe(name)
+            if state.policy_version == acted_version and state.buffered_steps + state.queued_steps < rollout_steps:
+                return False
+    raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no policy newer than version {acted_version} within {timeout:.0f}s")
+
+
 def run(
     env_id: str,
     server: str,
@@ -130,6 +148,8 @@ def run(
     env_kwargs: Optional[Dict[str, Any]] = None,
     sync: bool = True,
     version_timeout: float = 120.0,
+    token: Optional[str] = None,
+    root_certificates: Optional[bytes] = None,
 ) -> RunResult:
     """Train `env_id` through the server for `steps` env steps (or until `target_return`).
 
@@ -143,7 +163,7 @@ def run(
     spec = spec_from_spaces(envs.single_observation_space, envs.single_action_space)
     adapter = ActionAdapter(envs.single_action_space)
     rng = np.random.default_rng(seed)
-    client = LudusClient(server)
+    client = LudusClient(server, token=token, root_certificates=root_certificates)  # token None: env LUDUS_AUTH_TOKEN
     client.wait_ready()
     registration = client.register(name, spec, settings)
     time_horizon = int(registration.settings["time_horizon"])
@@ -183,8 +203,8 @@ def run(
                 for i, builder in enumerate(builders):  # end the rollout: bootstrap every open piece
                     if len(builder):
                         stream.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
-                if not holder.wait_changed(acted_version, version_timeout) and not rolled_back.is_set():
-                    raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no policy newer than version {acted_version} within {version_timeout:.0f}s")
+                if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back):
+                    acted_steps = 0  # the learner needs more data (e.g. steps lost in a server crash): collect again
                 continue
             flat_obs = obs.reshape(num_envs, -1).astype(np.float32)
             out = policy.act([flat_obs], rng=rng)
@@ -212,6 +232,9 @@ def run(
             if target_return is not None and len(recent) == window and mean_return >= target_return:
                 solved = True
                 break
+        for i, builder in enumerate(builders):  # send the unfinished pieces too: no acted step is wasted
+            if len(builder):
+                stream.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
         stream.close()
     finally:
         stop.set()
@@ -246,12 +269,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-sync", action="store_true", help="free-running envs (do not wait for a new policy after each buffer_size rollout)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--token-file", default=None, help="bearer token for a server started with --auth-token-file (default: env LUDUS_AUTH_TOKEN)")
+    p.add_argument("--tls-ca", default=None, help="connect with TLS, trusting this PEM CA bundle")
     args = p.parse_args(argv)
     name = args.behavior_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", args.env)
     settings = load_behavior_settings(args.trainer_config, name) if args.trainer_config else None
     try:
+        token = read_token_file(args.token_file) if args.token_file else None
+        root_certificates = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    except (OSError, ValueError) as err:
+        print(f"ludus-gym: {err}", file=sys.stderr)
+        return 2
+    try:
         result = run(args.env, args.server, args.steps, args.num_envs, name, settings, args.seed,
-                     args.target_return, args.window, progress=not args.no_progress, sync=not args.no_sync)
+                     args.target_return, args.window, progress=not args.no_progress, sync=not args.no_sync,
+                     token=token, root_certificates=root_certificates)
     except LudusError as err:
         print(f"ludus-gym: {err}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from ludus_service import __version__
 from ludus_service.device import resolve_device
 from ludus_service.errors import LudusError
 from ludus_service.registry import BehaviorRegistry
+from ludus_service.security import SecurityConfigError, add_security_args, security_from_args
 from ludus_service.server import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from ludus_service.settings import ServerConfig, load_config
 
@@ -33,8 +34,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", default=None, help="folder for checkpoints (per behaviour; every checkpoint_interval steps and at shutdown)")
     p.add_argument("--resume", action="store_true", help="restore every behaviour from its latest checkpoint in --checkpoint-dir")
     p.add_argument("--initialize-from", default=None, help="checkpoint folder of an earlier run: new behaviours start from its weights (step reset)")
+    p.add_argument("--max-queued-steps", type=int, default=None, help="per-behaviour intake bound in steps (default max(2*buffer_size, 8192))")
+    p.add_argument("--intake-timeout", type=float, default=10.0, help="seconds a full intake holds a submission before RESOURCE_EXHAUSTED")
     p.add_argument("--drain-seconds", type=float, default=1.0, help="on SIGTERM, seconds health reports NOT_SERVING before the port closes")
     p.add_argument("--log-level", default="INFO")
+    add_security_args(p)  # --auth-token-file, --tls-cert, --tls-key, --tls-client-ca (ludus_service.security)
     p.add_argument("--version", action="version", version=f"ludus-server {__version__}")
     return p.parse_args(argv)
 
@@ -60,7 +64,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.resume and not args.checkpoint_dir:
         log.error("--resume needs --checkpoint-dir")
         return 2
-    registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from)
+    try:
+        security = security_from_args(args)
+    except SecurityConfigError as err:
+        log.error("%s", err)
+        return 2
+    registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from,
+                                max_queued_steps=args.max_queued_steps, intake_timeout=args.intake_timeout)
     if args.resume:
         restored = registry.resume()
         log.info("resumed %d behaviour(s): %s", len(restored), ", ".join(restored) or "none found")
@@ -68,9 +78,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.metrics_port >= 0:
         _, metrics_port = registry.metrics.serve(args.metrics_port, args.host)
         metrics_note = f", metrics on :{metrics_port}/metrics"
-    running = start_server(registry, args.host, args.port, max_message_bytes=args.max_message_bytes)
+    running = start_server(registry, args.host, args.port, max_message_bytes=args.max_message_bytes, security=security)
     # The exact line tests and scripts wait for.
     print(f"ludus-server listening on {args.host}:{running.port} (device {device}{metrics_note})", flush=True)
+    log.info("gRPC port security: %s", security.describe())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -43,6 +43,8 @@ class BehaviorRegistry:
         metrics: Optional[ServerMetrics] = None,
         checkpoint_dir: Optional[Path] = None,
         initialize_from: Optional[Path] = None,
+        max_queued_steps: Optional[int] = None,
+        intake_timeout: float = 10.0,
     ) -> None:
         self.config = config or ServerConfig()
         self.device = torch.device(device)
@@ -50,13 +52,16 @@ class BehaviorRegistry:
         self.metrics = metrics or ServerMetrics(self.device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.initialize_from = Path(initialize_from) if initialize_from is not None else None
+        self.max_queued_steps = max_queued_steps
+        self.intake_timeout = intake_timeout
         self._behaviors: Dict[str, Behavior] = {}
         self._lock = threading.Lock()
         #: Set at graceful shutdown: new trainer RPCs are refused with UNAVAILABLE.
         self.shutting_down = False
 
     def _behavior_kwargs(self, name: str) -> Dict[str, Any]:
-        return dict(device=self.device, seed=self.seed, metrics=self.metrics.for_behavior(name), checkpoint_dir=self.checkpoint_dir)
+        return dict(device=self.device, seed=self.seed, metrics=self.metrics.for_behavior(name), checkpoint_dir=self.checkpoint_dir,
+                    max_queued_steps=self.max_queued_steps, intake_timeout=self.intake_timeout)
 
     def resume(self) -> List[str]:
         """Restore every behaviour that has a checkpoint under checkpoint_dir (--resume)."""

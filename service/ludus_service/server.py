@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_service.registry import BehaviorRegistry
+from ludus_service.security import SecurityConfig
 from ludus_service.servicer import TrainerServicer
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,25 @@ def start_server(
     port: int = 50051,
     max_workers: int = 64,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    security: Optional[SecurityConfig] = None,
 ) -> RunningServer:
+    """`security` (ludus_service.security): TLS / mutual TLS and bearer-token auth; None = plaintext, no auth."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
         *KEEPALIVE_OPTIONS,
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"), options=options)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"), options=options,
+                         interceptors=security.interceptors() if security else None)
     pb_grpc.add_TrainerServicer_to_server(TrainerServicer(registry), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (TRAINER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = security.server_credentials() if security else None
+    bound = server.add_secure_port(f"{host}:{port}", credentials) if credentials else server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
