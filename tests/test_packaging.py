@@ -38,7 +38,7 @@ def test_client_sdk_imports_without_torch():
 
 def test_ludus_server_cli_serves_health_and_exits_cleanly_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ludus_service.cli", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--grace", "2"],
+        [sys.executable, "-m", "ludus_service.cli", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--grace", "2", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -78,6 +78,8 @@ def test_sigkill_mid_training_then_resume_and_the_client_carries_on(tmp_path: Pa
         with LudusClient(second.target) as client:
             final = client.describe("Pole")
         assert final.policy_version > saved_version  # training continued after the resume
+        second.proc.send_signal(signal.SIGTERM)  # orderly end: final checkpoint, no stray temp file
+        assert second.wait(60) == 0
     finally:
         first.stop()
         if second is not None:

@@ -127,10 +127,14 @@ def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, st
     while time.monotonic() < deadline:
         if holder.wait_changed(acted_version, 1.0) or rolled_back.is_set():
             return True
-        if stream.unacknowledged == 0:
-            state = client.describe(name)
-            if state.policy_version == acted_version and state.buffered_steps + state.queued_steps < rollout_steps:
-                return False
+        state = client.describe(name)
+        if state.policy_version != acted_version:
+            # A version exists that the watch did not deliver: after a resume, version numbers issued
+            # by the crashed process can be issued again, and a watch asking for newer ones waits.
+            holder.replace(client.get_local_policy(name))
+            return True
+        if stream.unacknowledged == 0 and state.buffered_steps + state.queued_steps < rollout_steps:
+            return False
     raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no policy newer than version {acted_version} within {timeout:.0f}s")
 
 
