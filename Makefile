@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[server,gym,dev]"
+	$(PY) -m pip install -q -e ".[server,gym,dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
