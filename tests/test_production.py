@@ -19,9 +19,11 @@ from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client import BehaviorSpec, LudusClient, LudusError, TrajectoryBuilder
 from ludus_client.gym_runner import run
 from ludus_client.stream import TrajectoryStream
+from ludus_client.policy import LocalPolicy
 from ludus_service.checkpoint import checkpoint_files, load_checkpoint
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.server import start_server
+from ludus_service.validation import parse_trajectory
 from serverproc import ServerProcess
 
 SMALL_PPO = {"hyperparameters": {"batch_size": 128, "buffer_size": 256, "num_epoch": 3, "learning_rate": 1e-3},
@@ -224,3 +226,32 @@ def test_metrics_endpoint_reports_a_training_run():
     assert ("ludus_training_statistic", (("behavior", "Pole"), ("statistic", "Losses/Policy Loss"))) in samples
     assert value("ludus_training_statistic", behavior="Pole", statistic="Policy/Learning Rate") > 0
     assert value("ludus_rpc_duration_seconds_count", method="GetPolicy") >= 1
+
+
+def test_initialize_from_starts_a_new_run_from_old_weights(tmp_path: Path):
+    """--initialize-from (and ML-Agents' init_path): weights carried over; step, version and Adam reset."""
+    spec = BehaviorSpec.vector(4, discrete_branches=[2])
+    old = BehaviorRegistry(device="cpu", seed=0, checkpoint_dir=tmp_path / "old")
+    behavior, _ = old.register("Pole", spec.to_proto(), SMALL_PPO)
+    tensors, arch = behavior.trainer.optimizer.actor.export()
+    local = LocalPolicy(tensors, arch, behavior.policy_version)
+    for traj in _trajectories(spec, local, 10, 32):
+        behavior.submit(parse_trajectory(traj, spec))
+    assert behavior.wait_idle(60) and behavior.policy_version == 2
+    old.close()  # final checkpoint
+    trained = behavior.trainer.optimizer.actor.export()[0]
+
+    fresh = BehaviorRegistry(device="cpu", seed=1, checkpoint_dir=tmp_path / "new", initialize_from=tmp_path / "old")
+    new, created = fresh.register("Pole", spec.to_proto(), SMALL_PPO)
+    assert created and new.policy_version == 1 and new.trainer.step == 0 and new.accepted_steps == 0
+    for key, value in new.trainer.optimizer.actor.export()[0].items():
+        np.testing.assert_array_equal(value, trained[key])
+    assert not new.trainer.optimizer.adam.state  # optimizer starts afresh
+    fresh.close(checkpoint=False)
+
+    by_path = BehaviorRegistry(device="cpu", seed=2)
+    other, _ = by_path.register("Other", spec.to_proto(), {**SMALL_PPO, "init_path": str(tmp_path / "old" / "Pole")})
+    np.testing.assert_array_equal(other.trainer.optimizer.actor.export()[0]["body.0.weight"], trained["body.0.weight"])
+    with pytest.raises(Exception, match="init_path"):
+        by_path.register("Missing", spec.to_proto(), {**SMALL_PPO, "init_path": str(tmp_path / "nowhere")})
+    by_path.close(checkpoint=False)
