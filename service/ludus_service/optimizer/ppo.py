@@ -29,8 +29,8 @@ class PPOOptimizer(TorchOptimizer):
         super().__init__(spec, settings, device)
         params = list(self.actor.parameters()) + [p for n, p in self.critic.named_parameters() if not n.startswith("encoder.")]
         # The encoder is shared by actor and critic: deduplicate parameters by identity.
-        unique = list({id(p): p for p in params}.values())
-        self.adam = torch.optim.Adam(unique, lr=settings.hyperparameters.learning_rate)
+        self._parameters = list({id(p): p for p in params}.values())
+        self.adam = torch.optim.Adam(self._parameters, lr=settings.hyperparameters.learning_rate)
 
     def current_hyperparameters(self) -> Dict[str, float]:
         hp = self.settings.hyperparameters
@@ -67,8 +67,11 @@ class PPOOptimizer(TorchOptimizer):
         for name in self.reward_signals:
             returns = self.to_torch(batch[returns_key(name)])
             old_values = self.to_torch(batch[value_estimates_key(name)])
-            clipped = old_values + torch.clamp(values[name] - old_values, -eps, eps)
-            value_losses.append(torch.max((returns - values[name]) ** 2, (returns - clipped) ** 2).mean())
+            squared_error = (returns - values[name]) ** 2
+            if self.settings.hyperparameters.clip_value_loss:
+                clipped = old_values + torch.clamp(values[name] - old_values, -eps, eps)
+                squared_error = torch.max(squared_error, (returns - clipped) ** 2)
+            value_losses.append(squared_error.mean())
         value_loss = torch.stack(value_losses).mean()
         entropy = evaluation.entropy.mean()
         loss = policy_loss + 0.5 * value_loss - beta * entropy
@@ -77,6 +80,8 @@ class PPOOptimizer(TorchOptimizer):
             group["lr"] = lr
         self.adam.zero_grad(set_to_none=True)
         loss.backward()
+        if self.settings.hyperparameters.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._parameters, self.settings.hyperparameters.max_grad_norm)
         self.adam.step()
         return {
             "Losses/Policy Loss": abs(policy_loss.item()),
