@@ -55,6 +55,11 @@ class PPOHyperparameters:
     #: None = inherit learning_rate_schedule (ML-Agents' rule).
     beta_schedule: Optional[Schedule] = None
     epsilon_schedule: Optional[Schedule] = None
+    #: Ludus extension: clip the global gradient norm (Stable-Baselines3's max_grad_norm). None = off (ML-Agents).
+    max_grad_norm: Optional[float] = None
+    #: Ludus extension: PPO's clipped value loss with epsilon (the formula ML-Agents intends). False =
+    #: plain MSE, which is what ML-Agents effectively trains and Stable-Baselines3's default.
+    clip_value_loss: bool = True
 
 
 @dataclass
@@ -107,6 +112,7 @@ _BOUNDS: Dict[str, tuple] = {
     "hyperparameters.epsilon": (0.0, None, False),
     "hyperparameters.lambd": (0.0, 1.0, True),
     "hyperparameters.num_epoch": (1, None, True),
+    "hyperparameters.max_grad_norm": (0.0, None, False),
     "network_settings.hidden_units": (1, None, True),
     "network_settings.num_layers": (0, None, True),
     "network_settings.memory.sequence_length": (1, None, True),
@@ -161,7 +167,7 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
         return value
     if tp is int:
         # Struct (JSON) numbers arrive as floats: accept 256.0, reject 256.5 and booleans.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
             raise InvalidArgument(path, f"expected an integer, got {value!r}")
         value = int(value)
         _check_bounds(path, value)
@@ -190,7 +196,7 @@ def _build_dataclass(path: str, cls: type, value: Any, base: Any = None) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     obj = copy.deepcopy(base) if base is not None else cls()
     for key, raw in value.items():
-        key_path = f"{path}.{key}" if path else str(key)
+        key_path = f"{path}.{key}" if path else (str(key) or '""')  # an empty key is still named
         if key not in names:
             raise InvalidArgument(key_path, f"unknown key (valid keys: {', '.join(sorted(names))})")
         current = getattr(obj, key)
