@@ -34,6 +34,8 @@ _FROM_NUMPY = {
 
 #: Upper bound on elements of one tensor, so a forged shape cannot make us allocate terabytes.
 MAX_ELEMENTS = 1 << 31
+#: Upper bound on dimensions (numpy supports at most 64; no Ludus field needs more than a few).
+MAX_RANK = 32
 
 
 class TensorFormatError(ValueError):
@@ -65,11 +67,15 @@ def from_tensor(tensor: pb.Tensor, field: str) -> np.ndarray:
     if np_dtype is None:
         raise TensorFormatError(field, f"dtype {dtype_name(tensor.dtype)} is not a valid tensor dtype")
     shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) > MAX_RANK:
+        raise TensorFormatError(field, f"shape has {len(shape)} dimensions, more than {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise TensorFormatError(field, f"shape {list(shape)} has a negative dimension")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise TensorFormatError(field, f"shape {list(shape)} has {count} elements, more than {MAX_ELEMENTS}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy rejects such a shape even with 0 elements
+        raise TensorFormatError(field, f"shape {list(shape)} the product of its non-zero dimensions exceeds {MAX_ELEMENTS}")
     expected = count * np_dtype.itemsize
     if len(tensor.raw_data) != expected:
         raise TensorFormatError(

@@ -109,7 +109,9 @@ class Actor(nn.Module):
         if self.continuous_size:
             mu = self.mu(hidden)
             log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
-            dist = torch.distributions.Normal(mu, log_std.exp())
+            # No argument validation: a non-finite mu (from extreme but finite inputs) must reach the
+            # optimizer's non-finite check, not raise ValueError here.
+            dist = torch.distributions.Normal(mu, log_std.exp(), validate_args=False)
             cont_lp = dist.log_prob(continuous_actions)
             entropy = entropy + dist.entropy().sum(dim=1)
         if self.branches:
@@ -158,7 +160,9 @@ class Actor(nn.Module):
             "discrete_branches": self.branches,
             "deterministic": self.settings.deterministic,
         }
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, architecture
+        # Copies: .numpy() of a CPU parameter shares its memory, and Adam updates parameters in place,
+        # so without a copy a published version's weights would change with later updates.
+        return {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}, architecture
 
 
 class Critic(nn.Module):

@@ -84,7 +84,10 @@ class BehaviorRegistry:
         """Weights from ML-Agents' `init_path` (a checkpoint file or behaviour folder) or --initialize-from."""
         if settings.init_path:
             source = Path(settings.init_path)
-            found = latest_checkpoint(source) if source.is_dir() else (source, *load_checkpoint(source)) if source.exists() else None
+            try:  # is_file, not exists: reading a device such as /dev/zero never ends
+                found = latest_checkpoint(source) if source.is_dir() else (source, *load_checkpoint(source)) if source.is_file() else None
+            except (OSError, ValueError) as err:  # not a checkpoint, unreadable, or a name the OS refuses
+                raise InvalidArgument("settings.init_path", f"no readable checkpoint at {source}: {err}") from None
             if found is None:
                 raise InvalidArgument("settings.init_path", f"no readable checkpoint at {source}")
             return found[1]

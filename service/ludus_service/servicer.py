@@ -11,7 +11,7 @@ import time
 from typing import Callable, Iterator
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
@@ -109,6 +109,17 @@ def _to_struct(data: dict) -> struct_pb2.Struct:
     return struct
 
 
+def _from_value(value: struct_pb2.Value):
+    """Struct Value -> plain Python. Not json_format.MessageToDict: it raises ValueError on NaN and
+    Infinity numbers (INTERNAL), which settings validation rejects naming the key."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _from_value(v) for key, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_from_value(v) for v in value.list_value.values]
+    return None if kind in (None, "null_value") else getattr(value, kind)
+
+
 def _policy_chunks(snapshot: PolicySnapshot, versions_only: bool = False) -> Iterator[pb.PolicyChunk]:
     data, digest = snapshot.serialized()
     common = dict(behavior_name=snapshot.behavior_name, version=snapshot.version, format=pb.POLICY_FORMAT_SAFETENSORS,
@@ -135,7 +146,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
 
     @_map_errors
     def RegisterBehavior(self, request: pb.RegisterBehaviorRequest, context) -> pb.RegisterBehaviorResponse:
-        overrides = json_format.MessageToDict(request.settings) if request.HasField("settings") else None
+        overrides = {key: _from_value(v) for key, v in request.settings.fields.items()} if request.HasField("settings") else None
         behavior, created = self.registry.register(request.behavior_name, request.spec, overrides)
         return pb.RegisterBehaviorResponse(
             policy_version=behavior.policy_version, created=created,

@@ -113,8 +113,9 @@ _BOUNDS: Dict[str, tuple] = {
     "hyperparameters.lambd": (0.0, 1.0, True),
     "hyperparameters.num_epoch": (1, None, True),
     "hyperparameters.max_grad_norm": (0.0, None, False),
-    "network_settings.hidden_units": (1, None, True),
-    "network_settings.num_layers": (0, None, True),
+    # Upper bounds so a request cannot make the server allocate an absurd network (memory exhaustion).
+    "network_settings.hidden_units": (1, 8192, True),
+    "network_settings.num_layers": (0, 32, True),
     "network_settings.memory.sequence_length": (1, None, True),
     "network_settings.memory.memory_size": (2, None, True),
     "keep_checkpoints": (0, None, True),

@@ -7,6 +7,7 @@ holds `buffer_size` steps: normalise advantages, `num_epoch` passes of shuffled 
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -18,12 +19,14 @@ from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estima
 from ludus_service.gae import gae
 from ludus_service.optimizer.ppo import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
-    PPOOptimizer,
+    NonFiniteUpdate, PPOOptimizer,
 )
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
 from ludus_service.validation import BatchData, StepData, TrajectoryData
+
+log = logging.getLogger(__name__)
 
 #: Agents whose episode is in progress are tracked for episode statistics; bounded so agent ids
 #: that vanish mid-episode cannot grow memory without limit.
@@ -135,7 +138,11 @@ class PPOTrainer:
         collected: Dict[str, List[float]] = defaultdict(list)
         for _ in range(hp.num_epoch):
             for minibatch in buffer.shuffled(self.rng).minibatches(batch_size):
-                stats = self.optimizer.update(minibatch, batch_size)
+                try:
+                    stats = self.optimizer.update(minibatch, batch_size)
+                except NonFiniteUpdate as err:  # extreme (finite) experience: skip, keep the weights finite
+                    log.warning("skipped a minibatch: %s", err)
+                    continue
                 stats.update(self.optimizer.update_reward_signals(minibatch))
                 for key, value in stats.items():
                     collected[key].append(value)

@@ -81,7 +81,12 @@ def _finite(arr: np.ndarray, field: str) -> None:
 def _float(tensor: pb.Tensor, field: str, shape: Sequence[int]) -> np.ndarray:
     arr = _decode(tensor, field, _FLOAT_TYPES, shape)
     _finite(arr, field)
-    return np.array(arr, dtype=np.float32)  # a writable copy, independent of the request's buffer
+    with np.errstate(over="ignore"):
+        out = np.array(arr, dtype=np.float32)  # a writable copy, independent of the request's buffer
+    if arr.dtype == np.float64 and out.size and not np.isfinite(out).all():  # e.g. 1e300 became Inf
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise InvalidArgument(field, f"value {float(arr[tuple(bad)])!r} at index {list(int(i) for i in bad)} is outside the float32 range")
+    return out
 
 
 def decode_observations(tensors: Sequence[pb.Tensor], spec: BehaviorSpec, field: str, leading: Sequence[int]) -> List[np.ndarray]:
@@ -108,7 +113,15 @@ def _steps(msg, spec: BehaviorSpec, prefix: str, n: int) -> StepData:
     c, b = a.continuous_size, a.num_branches
 
     def optional_absent(tensor: pb.Tensor, name: str, why: str) -> None:
-        if is_set(tensor) and int(np.prod(list(tensor.shape) or [1])) > 0:
+        # Decoded like any tensor, so a malformed one is rejected (np.prod of the raw shape wrapped
+        # around int64 and let e.g. [2**32, 2**32] pass as empty); an empty one ([T, 0]) is omitted.
+        if not is_set(tensor):
+            return
+        try:
+            size = from_tensor(tensor, f"{prefix}.{name}").size
+        except TensorFormatError as err:
+            raise InvalidArgument(err.field, str(err).split(": ", 1)[1]) from None
+        if size > 0:
             raise InvalidArgument(f"{prefix}.{name}", f"must be omitted: {why}")
 
     if c:

@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 
 from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
+from ludus_service.errors import InvalidArgument
 from ludus_service.optimizer.torch_optimizer import TorchOptimizer
 from ludus_service.schedules import BETA_FLOOR, EPSILON_FLOOR, LEARNING_RATE_FLOOR, decayed_value
 from ludus_service.settings import TrainerSettings, beta_schedule, epsilon_schedule
@@ -22,6 +23,10 @@ CONTINUOUS_LOG_PROBS = "continuous_log_probs"
 DISCRETE_LOG_PROBS = "discrete_log_probs"
 ACTION_MASK = "action_mask"
 ADVANTAGES = "advantages"
+
+
+class NonFiniteUpdate(InvalidArgument):
+    """A minibatch whose loss or gradient is not finite (finite but extreme inputs): no step taken."""
 
 
 class PPOOptimizer(TorchOptimizer):
@@ -80,6 +85,11 @@ class PPOOptimizer(TorchOptimizer):
             group["lr"] = lr
         self.adam.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in self._parameters if p.grad is not None]
+        if not bool(torch.stack([torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads)]).all()):  # one sync
+            # An Adam step now would make every weight NaN for good.
+            self.adam.zero_grad(set_to_none=True)
+            raise NonFiniteUpdate("batch", f"the loss ({loss.item()}) or its gradient is not finite; no step was taken (values too large?)")
         if self.settings.hyperparameters.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._parameters, self.settings.hyperparameters.max_grad_norm)
         self.adam.step()
