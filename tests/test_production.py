@@ -157,6 +157,20 @@ def test_flooding_one_behaviour_is_pushed_back_and_loses_nothing():
         sampler.start()
         exhausted = []
 
+        def busy_learner(seconds: float) -> threading.Thread:
+            """Hold the learner (as a long update would), so the intake fills deterministically."""
+            holding = threading.Event()
+
+            def hold() -> None:
+                with behavior._lock:
+                    holding.set()
+                    time.sleep(seconds)
+
+            thread = threading.Thread(target=hold)
+            thread.start()
+            holding.wait()
+            return thread
+
         def raw_flood(seed: int) -> None:  # plain submit calls: back-pressure shows as RESOURCE_EXHAUSTED
             with LudusClient(target) as client:
                 for traj in _trajectories(spec, policy, 30, 32, seed):
@@ -165,18 +179,22 @@ def test_flooding_one_behaviour_is_pushed_back_and_loses_nothing():
                     except LudusError as err:
                         exhausted.append(err.code)
 
+        blocker = busy_learner(1.5)
         threads = [threading.Thread(target=raw_flood, args=(s,)) for s in range(4)]
         for t in threads:
             t.start()
+        blocker.join()
         for t in threads:
             t.join(timeout=120)
         assert exhausted and set(exhausted) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         before = behavior.accepted_steps
         # The SDK's stream backs off and resends: every trajectory is eventually accepted.
         with LudusClient(target) as client:
+            blocker = busy_learner(1.5)
             stream = TrajectoryStream(client, "Flood", max_in_flight=32)
             for traj in _trajectories(spec, policy, 60, 32, 99):
                 stream.submit(traj)
+            blocker.join()
             stream.close(timeout=120)
         sampling.set()
         sampler.join()

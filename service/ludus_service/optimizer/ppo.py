@@ -29,13 +29,22 @@ class NonFiniteUpdate(InvalidArgument):
     """A minibatch whose loss or gradient is not finite (finite but extreme inputs): no step taken."""
 
 
+def _adam(params, lr: float) -> torch.optim.Adam:
+    """Fused Adam (one kernel for all parameters; 22% more update throughput on CPU for the CartPole
+    network, bench/README.md), falling back to the default implementation where unsupported."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 class PPOOptimizer(TorchOptimizer):
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu") -> None:
         super().__init__(spec, settings, device)
         params = list(self.actor.parameters()) + [p for n, p in self.critic.named_parameters() if not n.startswith("encoder.")]
         # The encoder is shared by actor and critic: deduplicate parameters by identity.
         self._parameters = list({id(p): p for p in params}.values())
-        self.adam = torch.optim.Adam(self._parameters, lr=settings.hyperparameters.learning_rate)
+        self.adam = _adam(self._parameters, settings.hyperparameters.learning_rate)
 
     def current_hyperparameters(self) -> Dict[str, float]:
         hp = self.settings.hyperparameters

@@ -1,0 +1,265 @@
+"""Section `ingestion`: env steps/s that SubmitTrajectories accepts, next to a bare gRPC bytes sink.
+
+Payload: one SubmitTrajectoriesRequest of T=64 steps (ML-Agents' default time_horizon), serialised
+once per client and sent again and again as raw bytes (no client-side serialisation cost), with at
+most `window` unacknowledged messages per stream (like TrajectoryStream's max_in_flight, capped at
+32 MiB in flight per client). Observation sizes: 8 floats, 64 floats, and an 84x84x3 "image" sent as
+a VECTOR of 21168 float32: the service accepts only rank-1 VECTOR observations of FLOAT dtypes
+today, so a uint8 camera frame travels as 4x more bytes.
+
+Clients are separate processes (no client-side GIL), 1, 4 or 16 of them, each with its own channel
+and stream, started together. Each (observation size, clients) pair runs against a fresh
+`ludus-server` (buffer_size 10**9, so no update ever runs; value estimation cannot be switched off
+and runs as usual in the learner thread) and against the bare sink (bench.sink), same client
+processes, same payload bytes, alternating which goes first.
+
+Metrics: accepted steps/s (acknowledged inside the measuring window), and for Ludus also processed
+steps/s (accepted steps / time until the learner's queue is empty: what is sustainable).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from bench.common import Recorder, ServerProcess, WorkerError, log
+
+STEPS_PER_TRAJECTORY = 64
+CONTINUOUS_ACTIONS = 2
+OBS_SIZES = {"vec8": 8, "vec64": 64, "img84x84x3_as_f32": 84 * 84 * 3}
+LUDUS_METHOD = "/ludus.v1.Trainer/SubmitTrajectories"
+MAX_IN_FLIGHT = 16
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+
+
+def behavior_name(obs_size: int, clients: int) -> str:
+    return f"ingest_{obs_size}_c{clients}"
+
+
+def build_payload(obs_size: int, behavior: str, agent_id: str, seed: int = 0) -> bytes:
+    """A serialised SubmitTrajectoriesRequest: T steps, random float32 observations, 2 continuous actions."""
+    import numpy as np
+
+    from ludus.v1 import trainer_pb2 as pb
+    from ludus_client.tensor_codec import to_tensor
+
+    rng = np.random.default_rng(seed)
+    t = STEPS_PER_TRAJECTORY
+    traj = pb.Trajectory(
+        agent_id=agent_id, policy_version=1,
+        observations=[to_tensor(rng.standard_normal((t, obs_size), dtype=np.float32))],
+        continuous_actions=to_tensor(rng.standard_normal((t, CONTINUOUS_ACTIONS), dtype=np.float32)),
+        continuous_log_probs=to_tensor(-np.abs(rng.standard_normal((t, CONTINUOUS_ACTIONS), dtype=np.float32)) - 1.0),
+        rewards=to_tensor(rng.standard_normal(t, dtype=np.float32)),
+        next_observations=[to_tensor(rng.standard_normal(obs_size, dtype=np.float32))],
+    )
+    return pb.SubmitTrajectoriesRequest(behavior_name=behavior, trajectory=traj).SerializeToString()
+
+
+def in_flight_window(payload_bytes: int) -> int:
+    return max(1, min(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES // max(payload_bytes, 1)))
+
+
+def _stream(address: str, method: str, payload: bytes, duration: float, window: int, start_at: float) -> Dict[str, float]:
+    import grpc
+
+    channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    call = channel.stream_stream(method)  # no serialisers: bytes in, bytes out
+    credits = threading.Semaphore(window)
+    stop = threading.Event()
+
+    def requests():
+        while True:
+            credits.acquire()
+            if stop.is_set():
+                return
+            yield payload
+
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    started = time.perf_counter()
+    end = started + duration
+    in_window = total = 0
+    for _ in call(requests(), wait_for_ready=True, timeout=duration + 600):
+        total += 1
+        if time.perf_counter() <= end:
+            in_window += 1
+        elif not stop.is_set():
+            stop.set()
+        credits.release()
+    finished = time.time()
+    channel.close()
+    return {"messages_in_window": in_window, "messages_total": total, "finished_at": finished}
+
+
+def _client_main(index: int, obs_size: int, behavior: str, conn) -> None:
+    payload = build_payload(obs_size, behavior, f"client{index}", seed=index)
+    conn.send(("ready", len(payload)))
+    while True:
+        command = conn.recv()
+        if command[0] == "stop":
+            return
+        _, address, method, duration, window, start_at = command
+        try:
+            conn.send(("ok", _stream(address, method, payload, duration, window, start_at)))
+        except Exception as err:  # noqa: BLE001 - report, the parent decides
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class ClientPool:
+    """N client processes (spawned: no forked gRPC state), each holding its payload."""
+
+    def __init__(self, n: int, obs_size: int, behavior: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_client_main, args=(i, obs_size, behavior, child), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        sizes = []
+        for conn in self.conns:
+            if not conn.poll(120):
+                raise WorkerError("ingestion client did not start")
+            sizes.append(conn.recv()[1])
+        self.payload_bytes = sizes[0]
+
+    def run(self, address: str, method: str, duration: float, window: int) -> Tuple[List[Dict[str, float]], float]:
+        start_at = time.time() + 1.0 + 0.05 * len(self.conns)  # time for every client to connect first
+        for conn in self.conns:
+            conn.send(("run", address, method, duration, window, start_at))
+        results = []
+        for conn in self.conns:
+            if not conn.poll(duration + 900):
+                raise WorkerError("ingestion client timed out")
+            status, payload = conn.recv()
+            if status != "ok":
+                raise WorkerError(f"ingestion client failed: {payload}")
+            results.append(payload)
+        return results, start_at
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except (OSError, BrokenPipeError):
+                pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _register(address: str, obs_size: int, behavior: str) -> None:
+    from ludus_client import BehaviorSpec, LudusClient
+
+    with LudusClient(address) as client:
+        client.wait_ready(30)
+        # Updates off: buffer_size far beyond what any run sends (batch_size just has to be <= it).
+        client.register(behavior, BehaviorSpec.vector(obs_size, continuous_size=CONTINUOUS_ACTIONS),
+                        {"hyperparameters": {"buffer_size": 10**9, "batch_size": 32}})
+
+
+def _drain(address: str, behavior: str, timeout: float = 300.0) -> Tuple[float, int, int]:
+    """Wait until the learner has processed every accepted step: (time.time() then, total, buffered)."""
+    from ludus_client import LudusClient
+
+    with LudusClient(address) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            d = client.describe(behavior)
+            if d.queued_steps == 0 or time.monotonic() > deadline:
+                return time.time(), int(d.total_steps), int(d.buffered_steps)
+            time.sleep(0.02)
+
+
+def plan(mode: str) -> Dict[str, Any]:
+    if mode == "smoke":
+        return {"sizes": ["vec8"], "clients": [2], "duration": 0.5}
+    if mode == "short":
+        return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 1.5}
+    return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 5.0, "duration_img": 3.0}
+
+
+def run_section(rec: Recorder, mode: str) -> None:
+    p = plan(mode)
+    rec.note("ingestion", "Messages of 64 steps, pre-serialised by the clients; client processes started together; "
+                          "Ludus: buffer_size 10**9 so no update runs. Value estimation cannot be switched off "
+                          "(no setting; PPOTrainer.process_trajectory always runs the critic), so 'processed' includes it.")
+    rec.note("ingestion", "The 84x84x3 image travels as a VECTOR of 21168 float32: uint8 VISUAL observations are not "
+                          "supported yet (RegisterBehavior answers UNIMPLEMENTED), so the payload is 4x a uint8 frame.")
+    sink = ServerProcess(cmd=[sys.executable, "-m", "bench.sink", "--port", "0"]).start()
+    try:
+        k = 0
+        for size_name in p["sizes"]:
+            obs_size = OBS_SIZES[size_name]
+            duration = p.get("duration_img", p["duration"]) if obs_size > 10_000 else p["duration"]
+            # One ludus-server per observation size (a fresh behaviour per client count): start-up
+            # cost stays out of the measurement, memory of the big buffers is freed between sizes.
+            ludus: Optional[ServerProcess] = None
+            try:
+                for n in p["clients"]:
+                    behavior = behavior_name(obs_size, n)
+                    pool = ClientPool(n, obs_size, behavior)
+                    try:
+                        window = in_flight_window(pool.payload_bytes)
+                        order = ["sink", "ludus"] if k % 2 == 0 else ["ludus", "sink"]
+                        k += 1
+                        rates: Dict[str, float] = {}
+                        for target in order:
+                            log(f"ingestion {size_name} x{n} clients: {target} ({duration}s, window {window})")
+                            try:
+                                if target == "ludus" and ludus is None:
+                                    ludus = ServerProcess(seed=0).start()
+                                server = ludus if target == "ludus" else sink
+                                rates[target] = _measure(rec, target, server, pool, size_name, obs_size, behavior, n, duration, window)
+                            except WorkerError as err:
+                                rec.note("ingestion", f"{size_name} x{n} {target}: FAILED: {str(err)[:500]}")
+                        if "sink" in rates and "ludus" in rates:
+                            rec.add("ingestion", f"{size_name}/c{n}/ratio", {
+                                "ratio_ludus_over_sink": rates["ludus"] / rates["sink"],
+                            }, {"obs": size_name, "clients": n, "first": order[0]})
+                    finally:
+                        pool.close()
+            finally:
+                if ludus is not None:
+                    ludus.stop()
+    finally:
+        sink.stop()
+
+
+def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool, size_name: str, obs_size: int,
+             behavior: str, n: int, duration: float, window: int) -> float:
+    if target == "ludus":
+        _register(server.address, obs_size, behavior)
+        method = LUDUS_METHOD
+    else:
+        method = "/bench.Sink/Submit"
+    results, start_at = pool.run(server.address, method, duration, window)
+    steps_in_window = sum(r["messages_in_window"] for r in results) * STEPS_PER_TRAJECTORY
+    steps_total = sum(r["messages_total"] for r in results) * STEPS_PER_TRAJECTORY
+    rate = steps_in_window / duration
+    metrics = {
+        "accepted_steps_per_s": rate,
+        "accepted_mb_per_s": rate / STEPS_PER_TRAJECTORY * pool.payload_bytes / 1e6,
+        "messages_per_s": rate / STEPS_PER_TRAJECTORY,
+        "steps_total": steps_total,
+    }
+    if target == "ludus":
+        drained_at, total, buffered = _drain(server.address, behavior)
+        metrics["processed_steps_per_s"] = total / max(drained_at - start_at, 1e-9)
+        metrics["drain_seconds_after_window"] = max(0.0, drained_at - max(r["finished_at"] for r in results))
+        metrics["server_total_steps"] = total
+    rec.add("ingestion", f"{size_name}/c{n}/{target}", metrics, {
+        "obs": size_name, "obs_floats": obs_size, "clients": n, "target": target, "duration_s": duration,
+        "steps_per_message": STEPS_PER_TRAJECTORY, "payload_bytes": pool.payload_bytes, "in_flight_per_client": window,
+    })
+    log(f"  -> {rate:,.0f} steps/s accepted" + (f", {metrics['processed_steps_per_s']:,.0f} processed" if target == "ludus" else ""))
+    return rate
