@@ -244,6 +244,8 @@ def test_metrics_endpoint_reports_a_training_run():
     assert ("ludus_training_statistic", (("behavior", "Pole"), ("statistic", "Losses/Policy Loss"))) in samples
     assert value("ludus_training_statistic", behavior="Pole", statistic="Policy/Learning Rate") > 0
     assert value("ludus_rpc_duration_seconds_count", method="GetPolicy") >= 1
+    assert value("ludus_behaviors") == 1
+    assert value("process_resident_memory_bytes") > 0
 
 
 def test_initialize_from_starts_a_new_run_from_old_weights(tmp_path: Path):

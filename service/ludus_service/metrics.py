@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 #: Updates take from tens of milliseconds (CartPole) to minutes (large visual networks).
@@ -52,6 +52,10 @@ class ServerMetrics:
         self.policy_version = Gauge("ludus_policy_version", "Current policy version.", ["behavior"], registry=r)
         self.training_stat = Gauge("ludus_training_statistic", "Latest update statistics under ML-Agents' names (losses, entropy, learning rate, rewards).", ["behavior", "statistic"], registry=r)
         self.checkpoints = Counter("ludus_checkpoints_written_total", "Checkpoints written.", ["behavior"], registry=r)
+        self.behaviors = Gauge("ludus_behaviors", "Registered behaviours.", registry=r)
+        # The standard process_* (CPU seconds, resident memory, open fds) and python_info series.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         if device is not None:
             r.register(_CudaMemoryCollector(device))
 

@@ -78,6 +78,7 @@ class BehaviorRegistry:
             log.info("resumed %s from %s (step %d, policy version %d)", name, path, self._behaviors[name].trainer.step,
                      self._behaviors[name].policy_version)
             restored.append(name)
+        self.metrics.behaviors.set(len(self._behaviors))
         return restored
 
     def _initial_weights(self, name: str, settings: TrainerSettings) -> Optional[Dict[str, torch.Tensor]]:
@@ -117,6 +118,7 @@ class BehaviorRegistry:
             except RuntimeError as err:  # e.g. init weights whose shapes do not fit this spec/network
                 raise FailedPrecondition("settings.init_path", f"initial weights do not fit behaviour {name!r}: {err}") from None
             self._behaviors[name] = behavior
+            self.metrics.behaviors.set(len(self._behaviors))
             return behavior, True
 
     def get(self, name: str) -> Behavior:
