@@ -10,17 +10,15 @@ with the service's at equal steps gives the "remote tax".
 from __future__ import annotations
 
 import time
-from collections import deque
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from ludus.v1 import trainer_pb2 as pb
-from ludus_client.gym_runner import ActionAdapter, RunResult, spec_from_spaces
+from ludus_client.gym_runner import ActionAdapter, AgentRecorder, RunResult, spec_from_spaces
 from ludus_client.policy import LocalPolicy
-from ludus_client.trajectory import TrajectoryBuilder
 from ludus_service.settings import resolve_settings
 from ludus_service.trainer import PPOTrainer
 from ludus_service.validation import parse_trajectory
@@ -64,12 +62,7 @@ def run_inprocess(
             trainer.update_policy()
             policy = export()
 
-    name = env_id
-    builders = [TrajectoryBuilder(spec, f"{name}-{i}") for i in range(num_envs)]
-    episode_returns = np.zeros(num_envs)
-    recent: deque = deque(maxlen=window)
-    all_returns: List[float] = []
-    curve: List[tuple] = []
+    recorder = AgentRecorder(spec, env_id, num_envs, time_horizon, submit, window)
     started = time.perf_counter()
     obs, _ = envs.reset(seed=seed)
     env_steps, acted_steps = 0, 0
@@ -78,9 +71,7 @@ def run_inprocess(
 
     def end_rollout() -> None:
         nonlocal acted_steps, rollout_version
-        for i, builder in enumerate(builders):  # bootstrap every open piece, as gym_runner does
-            if len(builder):
-                submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
+        recorder.flush(obs)  # bootstrap every open piece, as gym_runner does
         if policy.version == rollout_version:  # (the update may already have run at the rollout's last step)
             raise RuntimeError(f"rollout of {acted_steps} steps did not fill buffer_size {rollout_steps}")
         acted_steps, rollout_version = 0, policy.version
@@ -92,19 +83,7 @@ def run_inprocess(
             flat_obs = obs.reshape(num_envs, -1).astype(np.float32)
             out = policy.act([flat_obs], rng=rng)
             next_obs, rewards, terminated, truncated, info = envs.step(adapter(out))
-            episode_returns += rewards
-            for i in range(num_envs):
-                builders[i].add_step([flat_obs[i]], out.continuous_actions[i], out.discrete_actions[i],
-                                     out.continuous_log_probs[i], out.discrete_log_probs[i], rewards[i], policy.version)
-                if terminated[i] or truncated[i]:
-                    final = np.asarray(info["final_obs"][i], dtype=np.float32).reshape(-1)
-                    submit(builders[i].build([final], done=bool(terminated[i]), interrupted=bool(truncated[i])))
-                    recent.append(float(episode_returns[i]))
-                    all_returns.append(float(episode_returns[i]))
-                    curve.append((env_steps + i + 1, float(np.mean(recent))))
-                    episode_returns[i] = 0.0
-                elif len(builders[i]) >= time_horizon:
-                    submit(builders[i].build([next_obs[i].reshape(-1).astype(np.float32)]))
+            recorder.record(flat_obs, out, rewards, terminated, truncated, info, next_obs, env_steps, policy.version)
             obs = next_obs
             env_steps += num_envs
             acted_steps += num_envs
@@ -112,6 +91,5 @@ def run_inprocess(
             end_rollout()
     finally:
         envs.close()
-    mean_return = float(np.mean(recent)) if recent else float("nan")
-    return RunResult(env_steps, len(all_returns), mean_return, False, time.perf_counter() - started,
-                     policy.version, all_returns, curve)
+    return RunResult(env_steps, len(recorder.returns), recorder.mean_return, False, time.perf_counter() - started,
+                     policy.version, recorder.returns, recorder.curve)

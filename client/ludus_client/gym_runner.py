@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import grpc
 import gymnasium as gym
@@ -118,6 +118,46 @@ def _watch(client: LudusClient, name: str, holder: PolicyHolder, stop: threading
             backoff = min(backoff * 2, 5.0)
 
 
+class AgentRecorder:
+    """Per-env trajectory pieces and episode returns: what every Gymnasium loop (the runner, and the
+    in-process benchmark loop) does with one vectorised step."""
+
+    def __init__(self, spec: BehaviorSpec, name: str, num_envs: int, time_horizon: int, submit: Callable[[Any], None], window: int) -> None:
+        self.builders = [TrajectoryBuilder(spec, f"{name}-{i}") for i in range(num_envs)]
+        self.time_horizon = time_horizon
+        self.submit = submit
+        self.episode_returns = np.zeros(num_envs)
+        self.recent: deque = deque(maxlen=window)
+        self.returns: List[float] = []
+        self.curve: List[tuple] = []  # (env_steps, mean return over the window) at each episode end
+
+    def record(self, flat_obs: np.ndarray, out, rewards, terminated, truncated, info, next_obs, env_steps: int, version: int) -> None:
+        """Add one step of every env; send pieces that ended an episode or reached time_horizon."""
+        self.episode_returns += rewards
+        for i, builder in enumerate(self.builders):
+            builder.add_step([flat_obs[i]], out.continuous_actions[i], out.discrete_actions[i],
+                             out.continuous_log_probs[i], out.discrete_log_probs[i], rewards[i], version)
+            if terminated[i] or truncated[i]:
+                final = np.asarray(info["final_obs"][i], dtype=np.float32).reshape(-1)
+                self.submit(builder.build([final], done=bool(terminated[i]), interrupted=bool(truncated[i])))
+                self.recent.append(float(self.episode_returns[i]))
+                self.returns.append(float(self.episode_returns[i]))
+                self.curve.append((env_steps + i + 1, float(np.mean(self.recent))))
+                self.episode_returns[i] = 0.0
+            elif len(builder) >= self.time_horizon:
+                self.submit(builder.build([next_obs[i].reshape(-1).astype(np.float32)]))
+
+    def flush(self, obs: np.ndarray) -> None:
+        """Send every open piece, bootstrapped from the current observations (end of a rollout or run)."""
+        for i, builder in enumerate(self.builders):
+            if len(builder):
+                self.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else float("nan")
+
+
 def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, stream: TrajectoryStream, acted_version: int,
                         rollout_steps: int, timeout: float, rolled_back: threading.Event) -> bool:
     """Wait for the update our rollout completes. False if the server cannot update without more
@@ -183,11 +223,7 @@ def run(
             rolled_back.set()
 
     stream = TrajectoryStream(client, name, on_ack=on_ack)
-    builders = [TrajectoryBuilder(spec, f"{name}-{i}") for i in range(num_envs)]
-    episode_returns = np.zeros(num_envs)
-    recent: deque = deque(maxlen=window)
-    all_returns: List[float] = []
-    curve: List[tuple] = []
+    recorder = AgentRecorder(spec, name, num_envs, time_horizon, stream.submit, window)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -204,41 +240,25 @@ def run(
             if policy.version != acted_version:
                 acted_version, acted_steps = policy.version, 0
             if sync and acted_steps >= rollout_steps:
-                for i, builder in enumerate(builders):  # end the rollout: bootstrap every open piece
-                    if len(builder):
-                        stream.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
+                recorder.flush(obs)  # end the rollout: bootstrap every open piece
                 if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back):
                     acted_steps = 0  # the learner needs more data (e.g. steps lost in a server crash): collect again
                 continue
             flat_obs = obs.reshape(num_envs, -1).astype(np.float32)
             out = policy.act([flat_obs], rng=rng)
             next_obs, rewards, terminated, truncated, info = envs.step(adapter(out))
-            episode_returns += rewards
-            for i in range(num_envs):
-                builders[i].add_step([flat_obs[i]], out.continuous_actions[i], out.discrete_actions[i],
-                                     out.continuous_log_probs[i], out.discrete_log_probs[i], rewards[i], policy.version)
-                if terminated[i] or truncated[i]:
-                    final = np.asarray(info["final_obs"][i], dtype=np.float32).reshape(-1)
-                    stream.submit(builders[i].build([final], done=bool(terminated[i]), interrupted=bool(truncated[i])))
-                    recent.append(float(episode_returns[i]))
-                    all_returns.append(float(episode_returns[i]))
-                    curve.append((env_steps + i + 1, float(np.mean(recent))))
-                    episode_returns[i] = 0.0
-                elif len(builders[i]) >= time_horizon:
-                    stream.submit(builders[i].build([next_obs[i].reshape(-1).astype(np.float32)]))
+            recorder.record(flat_obs, out, rewards, terminated, truncated, info, next_obs, env_steps, policy.version)
             obs = next_obs
             env_steps += num_envs
             acted_steps += num_envs
-            mean_return = float(np.mean(recent)) if recent else float("nan")
             if bar is not None:
                 bar.update(num_envs)
-                bar.set_postfix(mean_return=f"{mean_return:.1f}", version=holder.policy.version, episodes=len(all_returns), refresh=False)
-            if target_return is not None and len(recent) == window and mean_return >= target_return:
+                bar.set_postfix(mean_return=f"{recorder.mean_return:.1f}", version=holder.policy.version,
+                                episodes=len(recorder.returns), refresh=False)
+            if target_return is not None and len(recorder.recent) == window and recorder.mean_return >= target_return:
                 solved = True
                 break
-        for i, builder in enumerate(builders):  # send the unfinished pieces too: no acted step is wasted
-            if len(builder):
-                stream.submit(builder.build([obs[i].reshape(-1).astype(np.float32)]))
+        recorder.flush(obs)  # send the unfinished pieces too: no acted step is wasted
         stream.close()
     finally:
         stop.set()
@@ -247,8 +267,8 @@ def run(
         envs.close()
     watcher.join(timeout=5)
     client.close()
-    return RunResult(env_steps, len(all_returns), float(np.mean(recent)) if recent else float("nan"), solved,
-                     time.perf_counter() - started, holder.policy.version, all_returns, curve)
+    return RunResult(env_steps, len(recorder.returns), recorder.mean_return, solved,
+                     time.perf_counter() - started, holder.policy.version, recorder.returns, recorder.curve)
 
 
 def load_behavior_settings(path: str, behavior_name: str) -> Dict[str, Any]:
