@@ -80,11 +80,7 @@ def run_inprocess(
         while env_steps < steps:
             if acted_steps >= rollout_steps:
                 end_rollout()
-            flat_obs = obs.reshape(num_envs, -1).astype(np.float32)
-            out = policy.act([flat_obs], rng=rng)
-            next_obs, rewards, terminated, truncated, info = envs.step(adapter(out))
-            recorder.record(flat_obs, out, rewards, terminated, truncated, info, next_obs, env_steps, policy.version)
-            obs = next_obs
+            obs = recorder.step(envs, adapter, policy, obs, rng, env_steps)
             env_steps += num_envs
             acted_steps += num_envs
         if final_update and acted_steps >= rollout_steps:

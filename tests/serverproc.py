@@ -5,8 +5,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.02) -> None:
+    """Poll `predicate` until true; AssertionError naming `what` if it is still false after `timeout`."""
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    try:
+        while not predicate():
+            assert not stop.wait(poll), f"timed out waiting for {what}"
+    finally:
+        timer.cancel()
 
 
 def free_port() -> int:

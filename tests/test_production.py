@@ -24,7 +24,7 @@ from ludus_service.checkpoint import checkpoint_files, load_checkpoint
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.server import start_server
 from ludus_service.validation import parse_trajectory
-from serverproc import ServerProcess
+from serverproc import ServerProcess, wait_until
 
 SMALL_PPO = {"hyperparameters": {"batch_size": 128, "buffer_size": 256, "num_epoch": 3, "learning_rate": 1e-3},
              "network_settings": {"hidden_units": 32, "activation": "tanh"}, "time_horizon": 32}
@@ -59,10 +59,9 @@ def test_sigkill_mid_training_then_resume_and_the_client_carries_on(tmp_path: Pa
     runner.start()
     second = None
     try:
-        deadline = time.time() + 120
-        while not any(step >= 1024 for step, _ in checkpoint_files(ckpt / "Pole")):
-            assert time.time() < deadline and runner.is_alive(), f"no checkpoint appeared: {errors}"
-            time.sleep(0.05)
+        wait_until(lambda: any(step >= 1024 for step, _ in checkpoint_files(ckpt / "Pole")) or not runner.is_alive(),
+                   120, "a checkpoint at step >= 1024")
+        assert runner.is_alive(), f"the client stopped before a checkpoint appeared: {errors}"
         first.proc.send_signal(signal.SIGKILL)
         first.wait(10)
         _, saved = checkpoint_files(ckpt / "Pole")[-1]
@@ -104,8 +103,8 @@ def test_sigterm_during_an_update_finishes_it_checkpoints_and_exits_zero(tmp_pat
             policy = client.get_local_policy("Slow")
             acks = client.submit("Slow", _trajectories(spec, policy, 32, 64))
             assert sum(a.accepted_steps for a in acks) == 2048
-            while client.describe("Slow").buffered_steps < 2048:  # processed: the update is now running
-                time.sleep(0.01)
+            # All processed: the update is now running.
+            wait_until(lambda: client.describe("Slow").buffered_steps >= 2048, 60, "the buffer to fill")
         server.proc.send_signal(signal.SIGTERM)
         seen, refused = [], None
         with grpc.insecure_channel(server.target, options=[("grpc.enable_retries", 0)]) as channel:

@@ -147,6 +147,14 @@ class AgentRecorder:
             elif len(builder) >= self.time_horizon:
                 self.submit(builder.build([next_obs[i].reshape(-1).astype(np.float32)]))
 
+    def step(self, envs, adapter: "ActionAdapter", policy: LocalPolicy, obs: np.ndarray, rng: np.random.Generator, env_steps: int) -> np.ndarray:
+        """Act with `policy` in every env, step them, record the step; returns the next observations."""
+        flat_obs = obs.reshape(len(self.builders), -1).astype(np.float32)
+        out = policy.act([flat_obs], rng=rng)
+        next_obs, rewards, terminated, truncated, info = envs.step(adapter(out))
+        self.record(flat_obs, out, rewards, terminated, truncated, info, next_obs, env_steps, policy.version)
+        return next_obs
+
     def flush(self, obs: np.ndarray) -> None:
         """Send every open piece, bootstrapped from the current observations (end of a rollout or run)."""
         for i, builder in enumerate(self.builders):
@@ -244,11 +252,7 @@ def run(
                 if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back):
                     acted_steps = 0  # the learner needs more data (e.g. steps lost in a server crash): collect again
                 continue
-            flat_obs = obs.reshape(num_envs, -1).astype(np.float32)
-            out = policy.act([flat_obs], rng=rng)
-            next_obs, rewards, terminated, truncated, info = envs.step(adapter(out))
-            recorder.record(flat_obs, out, rewards, terminated, truncated, info, next_obs, env_steps, policy.version)
-            obs = next_obs
+            obs = recorder.step(envs, adapter, policy, obs, rng, env_steps)
             env_steps += num_envs
             acted_steps += num_envs
             if bar is not None:

@@ -22,6 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from ludus_client.policy import read_safetensors_metadata  # one safetensors header parser for both sides
+
 log = logging.getLogger(__name__)
 FORMAT = "ludus.checkpoint.v1"
 _NAME = re.compile(r"^checkpoint-(\d+)\.safetensors$")
@@ -76,8 +78,6 @@ def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], dict]:
     data = path.read_bytes()
     try:
         tensors = safetensors_load(data)
-        from ludus_client.policy import read_safetensors_metadata  # one header parser for both sides
-
         meta = read_safetensors_metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable checkpoint ({err})") from None

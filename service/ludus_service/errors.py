@@ -38,3 +38,15 @@ class Unimplemented(LudusError):
     """A valid ML-Agents setting this server does not implement yet (e.g. another trainer_type)."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Unavailable(LudusError):
+    """The server is shutting down; clients retry against the restarted one."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Internal(LudusError):
+    """An unexpected failure (logged server-side); the message names only the exception type."""
+
+    code = grpc.StatusCode.INTERNAL

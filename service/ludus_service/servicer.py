@@ -17,7 +17,7 @@ from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client.tensor_codec import to_tensor
 from ludus_service.behavior import STALE, UNKNOWN_VERSION
-from ludus_service.errors import InvalidArgument, LudusError
+from ludus_service.errors import Internal, InvalidArgument, LudusError, Unavailable
 from ludus_service.policy_store import PolicySnapshot
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.settings import settings_to_dict
@@ -29,9 +29,7 @@ WATCH_POLL_SECONDS = 1.0
 
 def _internal(err: Exception) -> LudusError:
     log.exception("unexpected error")
-    wrapped = LudusError("", f"internal error: {type(err).__name__}")
-    wrapped.code = grpc.StatusCode.INTERNAL
-    return wrapped
+    return Internal("", f"internal error: {type(err).__name__}")
 
 
 def _observe(self, method_name: str, code: grpc.StatusCode, started: float) -> None:
@@ -45,10 +43,6 @@ def _started(self, method_name: str) -> float:
     if self.metrics is not None:
         self.metrics.rpc_started.labels(method_name).inc()
     return time.perf_counter()
-
-
-class Unavailable(LudusError):
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 def _refuse_if_shutting_down(self) -> None:
