@@ -8,10 +8,15 @@ a VECTOR of 21168 float32: the service accepts only rank-1 VECTOR observations o
 today, so a uint8 camera frame travels as 4x more bytes.
 
 Clients are separate processes (no client-side GIL), 1, 4 or 16 of them, each with its own channel
-and stream, started together. Each (observation size, clients) pair runs against a fresh
-`ludus-server` (buffer_size 10**9, so no update ever runs; value estimation cannot be switched off
-and runs as usual in the learner thread) and against the bare sink (bench.sink), same client
+and stream, started together. Each (observation size, clients) pair runs against a fresh behaviour
+of one `ludus-server` per observation size and against the bare sink (bench.sink), same client
 processes, same payload bytes, alternating which goes first.
+
+The Ludus behaviour is registered with `inference: true` (value estimation and updates switched
+off, as the issue asks): every trajectory is still decoded, validated in full (dtypes, shapes, byte
+lengths, NaN/Inf), checked for policy lag, counted and acknowledged. A second, training behaviour
+(`inference: false`, buffer_size 10**9 so no update runs, value estimation on) is measured in the
+full run to show what the critic costs on top.
 
 Metrics: accepted steps/s (acknowledged inside the measuring window), and for Ludus also processed
 steps/s (accepted steps / time until the learner's queue is empty: what is sustainable).
@@ -35,8 +40,8 @@ MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.max_send_message_length", 256 * 1024 * 1024)]
 
 
-def behavior_name(obs_size: int, clients: int) -> str:
-    return f"ingest_{obs_size}_c{clients}"
+def behavior_name(obs_size: int, clients: int, training: bool = False) -> str:
+    return f"ingest_{obs_size}_c{clients}" + ("_training" if training else "")
 
 
 def build_payload(obs_size: int, behavior: str, agent_id: str, seed: int = 0) -> bytes:
@@ -97,14 +102,16 @@ def _stream(address: str, method: str, payload: bytes, duration: float, window: 
     return {"messages_in_window": in_window, "messages_total": total, "finished_at": finished}
 
 
-def _client_main(index: int, obs_size: int, behavior: str, conn) -> None:
-    payload = build_payload(obs_size, behavior, f"client{index}", seed=index)
-    conn.send(("ready", len(payload)))
+def _client_main(index: int, obs_size: int, behaviors: List[str], conn) -> None:
+    # One payload per target behaviour (the name is inside the message); identical sizes.
+    payloads = {b: build_payload(obs_size, b, f"client{index}", seed=index) for b in behaviors}
+    conn.send(("ready", len(payloads[behaviors[0]])))
     while True:
         command = conn.recv()
         if command[0] == "stop":
             return
-        _, address, method, duration, window, start_at = command
+        _, address, method, duration, window, start_at, behavior = command
+        payload = payloads[behavior]
         try:
             conn.send(("ok", _stream(address, method, payload, duration, window, start_at)))
         except Exception as err:  # noqa: BLE001 - report, the parent decides
@@ -114,13 +121,14 @@ def _client_main(index: int, obs_size: int, behavior: str, conn) -> None:
 class ClientPool:
     """N client processes (spawned: no forked gRPC state), each holding its payload."""
 
-    def __init__(self, n: int, obs_size: int, behavior: str) -> None:
+    def __init__(self, n: int, obs_size: int, behaviors: List[str]) -> None:
         ctx = mp.get_context("spawn")
+        self.behaviors = behaviors
         self.conns = []
         self.procs = []
         for i in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_main, args=(i, obs_size, behavior, child), daemon=True)
+            proc = ctx.Process(target=_client_main, args=(i, obs_size, behaviors, child), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -131,10 +139,10 @@ class ClientPool:
             sizes.append(conn.recv()[1])
         self.payload_bytes = sizes[0]
 
-    def run(self, address: str, method: str, duration: float, window: int) -> Tuple[List[Dict[str, float]], float]:
+    def run(self, address: str, method: str, duration: float, window: int, behavior: str) -> Tuple[List[Dict[str, float]], float]:
         start_at = time.time() + 1.0 + 0.05 * len(self.conns)  # time for every client to connect first
         for conn in self.conns:
-            conn.send(("run", address, method, duration, window, start_at))
+            conn.send(("run", address, method, duration, window, start_at, behavior))
         results = []
         for conn in self.conns:
             if not conn.poll(duration + 900):
@@ -157,14 +165,14 @@ class ClientPool:
                 proc.terminate()
 
 
-def _register(address: str, obs_size: int, behavior: str) -> None:
+def _register(address: str, obs_size: int, behavior: str, training: bool) -> None:
     from ludus_client import BehaviorSpec, LudusClient
 
     with LudusClient(address) as client:
         client.wait_ready(30)
-        # Updates off: buffer_size far beyond what any run sends (batch_size just has to be <= it).
+        # Updates never run: inference mode, or (training) buffer_size beyond what any run sends.
         client.register(behavior, BehaviorSpec.vector(obs_size, continuous_size=CONTINUOUS_ACTIONS),
-                        {"hyperparameters": {"buffer_size": 10**9, "batch_size": 32}})
+                        {"hyperparameters": {"buffer_size": 10**9, "batch_size": 32}, "inference": not training})
 
 
 def _drain(address: str, behavior: str, timeout: float = 300.0) -> Tuple[float, int, int]:
@@ -182,19 +190,21 @@ def _drain(address: str, behavior: str, timeout: float = 300.0) -> Tuple[float, 
 
 def plan(mode: str) -> Dict[str, Any]:
     if mode == "smoke":
-        return {"sizes": ["vec8"], "clients": [2], "duration": 0.5}
+        return {"sizes": ["vec8"], "clients": [2], "duration": 0.5, "targets": ["sink", "ludus"]}
+    targets = ["sink", "ludus", "ludus_training"]
     if mode == "short":
-        return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 1.5}
-    return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 5.0, "duration_img": 3.0}
+        return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 1.5, "targets": targets}
+    return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 5.0, "duration_img": 3.0, "targets": targets}
 
 
 def run_section(rec: Recorder, mode: str) -> None:
     p = plan(mode)
-    rec.note("ingestion", "Messages of 64 steps, pre-serialised by the clients; client processes started together; "
-                          "Ludus: buffer_size 10**9 so no update runs. Value estimation cannot be switched off "
-                          "(no setting; PPOTrainer.process_trajectory always runs the critic), so 'processed' includes it.")
-    rec.note("ingestion", "The 84x84x3 image travels as a VECTOR of 21168 float32: uint8 VISUAL observations are not "
-                          "supported yet (RegisterBehavior answers UNIMPLEMENTED), so the payload is 4x a uint8 frame.")
+    rec.note("ingestion", "Messages of 64 steps, pre-serialised by the clients; client processes started together. "
+                          "'ludus': the behaviour runs with inference: true (value estimation and updates off; every "
+                          "message still decoded, validated in full, counted, acknowledged). 'ludus_training': a "
+                          "training behaviour (value estimation on, buffer_size 10**9 so no update runs).")
+    rec.note("ingestion", "The 84x84x3 image travels as a VECTOR of 21168 float32 (4x the bytes of a uint8 frame), "
+                          "the same payload on every side.")
     sink = ServerProcess(cmd=[sys.executable, "-m", "bench.sink", "--port", "0"]).start()
     try:
         k = 0
@@ -206,26 +216,28 @@ def run_section(rec: Recorder, mode: str) -> None:
             ludus: Optional[ServerProcess] = None
             try:
                 for n in p["clients"]:
-                    behavior = behavior_name(obs_size, n)
-                    pool = ClientPool(n, obs_size, behavior)
+                    names = {"ludus": behavior_name(obs_size, n), "ludus_training": behavior_name(obs_size, n, training=True)}
+                    pool = ClientPool(n, obs_size, list(names.values()))
                     try:
                         window = in_flight_window(pool.payload_bytes)
-                        order = ["sink", "ludus"] if k % 2 == 0 else ["ludus", "sink"]
+                        order = p["targets"][k % len(p["targets"]):] + p["targets"][:k % len(p["targets"])]
                         k += 1
                         rates: Dict[str, float] = {}
                         for target in order:
                             log(f"ingestion {size_name} x{n} clients: {target} ({duration}s, window {window})")
                             try:
-                                if target == "ludus" and ludus is None:
+                                if target != "sink" and ludus is None:
                                     ludus = ServerProcess(seed=0).start()
-                                server = ludus if target == "ludus" else sink
-                                rates[target] = _measure(rec, target, server, pool, size_name, obs_size, behavior, n, duration, window)
+                                server = sink if target == "sink" else ludus
+                                rates[target] = _measure(rec, target, server, pool, size_name, obs_size,
+                                                         names.get(target, ""), n, duration, window)
                             except WorkerError as err:
                                 rec.note("ingestion", f"{size_name} x{n} {target}: FAILED: {str(err)[:500]}")
                         if "sink" in rates and "ludus" in rates:
-                            rec.add("ingestion", f"{size_name}/c{n}/ratio", {
-                                "ratio_ludus_over_sink": rates["ludus"] / rates["sink"],
-                            }, {"obs": size_name, "clients": n, "first": order[0]})
+                            ratios = {"ratio_ludus_over_sink": rates["ludus"] / rates["sink"]}
+                            if "ludus_training" in rates:
+                                ratios["ratio_training_over_sink"] = rates["ludus_training"] / rates["sink"]
+                            rec.add("ingestion", f"{size_name}/c{n}/ratio", ratios, {"obs": size_name, "clients": n, "first": order[0]})
                     finally:
                         pool.close()
             finally:
@@ -237,12 +249,12 @@ def run_section(rec: Recorder, mode: str) -> None:
 
 def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool, size_name: str, obs_size: int,
              behavior: str, n: int, duration: float, window: int) -> float:
-    if target == "ludus":
-        _register(server.address, obs_size, behavior)
-        method = LUDUS_METHOD
+    if target == "sink":
+        method, behavior = "/bench.Sink/Submit", pool.behaviors[0]  # the sink ignores the name inside
     else:
-        method = "/bench.Sink/Submit"
-    results, start_at = pool.run(server.address, method, duration, window)
+        _register(server.address, obs_size, behavior, training=target == "ludus_training")
+        method = LUDUS_METHOD
+    results, start_at = pool.run(server.address, method, duration, window, behavior)
     steps_in_window = sum(r["messages_in_window"] for r in results) * STEPS_PER_TRAJECTORY
     steps_total = sum(r["messages_total"] for r in results) * STEPS_PER_TRAJECTORY
     rate = steps_in_window / duration
@@ -252,7 +264,7 @@ def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool
         "messages_per_s": rate / STEPS_PER_TRAJECTORY,
         "steps_total": steps_total,
     }
-    if target == "ludus":
+    if target != "sink":
         drained_at, total, buffered = _drain(server.address, behavior)
         metrics["processed_steps_per_s"] = total / max(drained_at - start_at, 1e-9)
         metrics["drain_seconds_after_window"] = max(0.0, drained_at - max(r["finished_at"] for r in results))
@@ -261,5 +273,5 @@ def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool
         "obs": size_name, "obs_floats": obs_size, "clients": n, "target": target, "duration_s": duration,
         "steps_per_message": STEPS_PER_TRAJECTORY, "payload_bytes": pool.payload_bytes, "in_flight_per_client": window,
     })
-    log(f"  -> {rate:,.0f} steps/s accepted" + (f", {metrics['processed_steps_per_s']:,.0f} processed" if target == "ludus" else ""))
+    log(f"  -> {rate:,.0f} steps/s accepted" + (f", {metrics['processed_steps_per_s']:,.0f} processed" if target != "sink" else ""))
     return rate

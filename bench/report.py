@@ -119,19 +119,26 @@ def _ingestion(rec: Recorder) -> str:
     for obs, n in keys:
         sink = recs.get(f"{obs}/c{n}/sink")
         lud = recs.get(f"{obs}/c{n}/ludus")
-        any_r = sink or lud
+        trn = recs.get(f"{obs}/c{n}/ludus_training")
+        any_r = sink or lud or trn
         if any_r is None or "payload_bytes" not in any_r["params"]:
             continue
         s_rate = sink["metrics"]["accepted_steps_per_s"] if sink else None
         l_rate = lud["metrics"]["accepted_steps_per_s"] if lud else None
-        proc = lud["metrics"].get("processed_steps_per_s") if lud else None
-        rows.append([obs, _f(any_r["params"]["payload_bytes"] / 1024, 1), n, _f(s_rate, 0), _f(l_rate, 0), _f(proc, 0),
-                     _f(l_rate / s_rate) if s_rate and l_rate else "–", _f(proc / s_rate) if s_rate and proc else "–",
+        t_rate = trn["metrics"]["accepted_steps_per_s"] if trn else None
+        t_proc = trn["metrics"].get("processed_steps_per_s") if trn else None
+
+        def ratio(x):
+            return _f(x / s_rate) if s_rate and x else "–"
+
+        rows.append([obs, _f(any_r["params"]["payload_bytes"] / 1024, 1), n, _f(s_rate, 0), _f(l_rate, 0), ratio(l_rate),
+                     _f(t_rate, 0), _f(t_proc, 0), ratio(t_proc),
                      _f(sink["metrics"]["accepted_mb_per_s"], 0) if sink else "–", _f(lud["metrics"]["accepted_mb_per_s"], 0) if lud else "–"])
     if not rows:
         return ""
-    return _table(["obs", "message KiB (64 steps)", "clients", "sink steps/s", "Ludus accepted steps/s", "Ludus processed steps/s",
-                   "accepted / sink", "processed / sink", "sink MB/s", "Ludus MB/s"], rows)
+    return _table(["obs", "message KiB (64 steps)", "clients", "sink steps/s", "Ludus steps/s (inference)", "Ludus / sink",
+                   "training: accepted steps/s", "training: processed steps/s", "training processed / sink",
+                   "sink MB/s", "Ludus MB/s"], rows)
 
 
 def _estimate(rec: Recorder) -> str:
@@ -275,8 +282,8 @@ def write_plots(rec: Recorder) -> List[str]:
         x = np.arange(len(keys))
         width = 0.27
         for j, (label, key, metric) in enumerate((("bare gRPC sink", "sink", "accepted_steps_per_s"),
-                                                  ("Ludus accepted", "ludus", "accepted_steps_per_s"),
-                                                  ("Ludus processed", "ludus", "processed_steps_per_s"))):
+                                                  ("Ludus, inference: true", "ludus", "accepted_steps_per_s"),
+                                                  ("Ludus training (critic on), processed", "ludus_training", "processed_steps_per_s"))):
             vals = [ing.get(f"{o}/c{n}/{key}", {}).get("metrics", {}).get(metric, 0.0) for o, n in keys]
             ax.bar(x + (j - 1) * width, vals, width, label=label)
         ax.set_xticks(x, [f"{o.replace('img84x84x3_as_f32', '84x84x3 f32')}\n{n} client(s)" for o, n in keys], fontsize=7)

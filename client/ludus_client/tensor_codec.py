@@ -63,27 +63,30 @@ def dtype_name(wire_dtype: int) -> str:
 
 def from_tensor(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decode a wire Tensor into a read-only numpy array, validating dtype, shape and byte length."""
+    if tensor.compression or tensor.compressed_data or tensor.compressed_channel_mapping:
+        raise TensorFormatError(field, "is compressed, which only visual observations may be (COMPRESSION_PNG)")
     np_dtype = _TO_NUMPY.get(tensor.dtype)
     if np_dtype is None:
         raise TensorFormatError(field, f"dtype {dtype_name(tensor.dtype)} is not a valid tensor dtype")
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)  # repeated int64: already Python ints
     if len(shape) > MAX_RANK:
         raise TensorFormatError(field, f"shape has {len(shape)} dimensions, more than {MAX_RANK}")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise TensorFormatError(field, f"shape {list(shape)} has a negative dimension")
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
         raise TensorFormatError(field, f"shape {list(shape)} has {count} elements, more than {MAX_ELEMENTS}")
-    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy rejects such a shape even with 0 elements
+    if count == 0 and math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy rejects such a shape even with 0 elements
         raise TensorFormatError(field, f"shape {list(shape)} the product of its non-zero dimensions exceeds {MAX_ELEMENTS}")
     expected = count * np_dtype.itemsize
-    if len(tensor.raw_data) != expected:
+    data = tensor.raw_data  # read once: each access of a bytes field copies it
+    if len(data) != expected:
         raise TensorFormatError(
             field,
-            f"raw_data has {len(tensor.raw_data)} bytes but shape {list(shape)} x "
+            f"raw_data has {len(data)} bytes but shape {list(shape)} x "
             f"{dtype_name(tensor.dtype)} needs {expected}",
         )
-    arr = np.frombuffer(tensor.raw_data, dtype=np_dtype).reshape(shape)
+    arr = np.frombuffer(data, dtype=np_dtype).reshape(shape)
     if tensor.dtype == pb.DATA_TYPE_BOOL:
         arr = arr != 0
     return arr

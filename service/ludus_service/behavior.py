@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ludus_service.checkpoint import remove_stale_temp_files, save_checkpoint
-from ludus_service.errors import InvalidArgument, ResourceExhausted
+from ludus_service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from ludus_service.metrics import BehaviorMetrics, ServerMetrics
 from ludus_service.policy_store import PolicyStore
 from ludus_service.settings import TrainerSettings, resolve_settings, settings_to_dict
@@ -108,9 +108,12 @@ class Behavior:
         self._worker.start()
 
     @classmethod
-    def from_checkpoint(cls, tensors: Dict[str, torch.Tensor], meta: dict, **kwargs) -> "Behavior":
-        """Rebuild a behaviour exactly as checkpointed (--resume)."""
+    def from_checkpoint(cls, tensors: Dict[str, torch.Tensor], meta: dict, inference: Optional[bool] = None, **kwargs) -> "Behavior":
+        """Rebuild a behaviour exactly as checkpointed (--resume); `inference` overrides the
+        checkpointed mode (`ludus-server --resume --inference` serves a trained policy untrained)."""
         settings = resolve_settings(meta["settings"])
+        if inference is not None:
+            settings = dataclasses.replace(settings, inference=inference)
         return cls(meta["behavior_name"], spec_from_dict(meta["spec"]), settings, meta.get("explicit_settings") or {},
                    restore=(tensors, meta), **kwargs)
 
@@ -142,6 +145,8 @@ class Behavior:
             return self._drop(traj, UNKNOWN_VERSION)
         if current - traj.policy_version > self.settings.max_policy_lag:
             return self._drop(traj, STALE)
+        if self.settings.inference:
+            return self._record_inference(traj)
         with self._intake:
             has_room = lambda: self._stopping or self._queued_steps == 0 or self._queued_steps + traj.length <= self.max_queued_steps
             if not self._intake.wait_for(has_room, timeout=self.intake_timeout) or self._stopping:
@@ -154,6 +159,17 @@ class Behavior:
             total = self.accepted_steps
             self.metrics.queue_steps.set(self._queued_steps)
             self._intake.notify_all()
+        self.metrics.accepted(traj.length)
+        return SubmitResult(traj.length, 0, None, self.trainer.policy_version, total, self.trainer.latest_stats)
+
+    def _record_inference(self, traj: TrajectoryData) -> SubmitResult:
+        """Inference mode: counted and summarised on the caller's thread, no queue, no learner work."""
+        with self._lock:
+            stats = self.trainer.record_inference(traj, self.accepted_steps)
+            self.accepted_steps += traj.length
+            total = self.accepted_steps
+        if stats is not None:
+            self.metrics.training_stats(stats)
         self.metrics.accepted(traj.length)
         return SubmitResult(traj.length, 0, None, self.trainer.policy_version, total, self.trainer.latest_stats)
 
@@ -206,8 +222,9 @@ class Behavior:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self) -> Optional[Path]:
-        """Write a checkpoint now (no-op without a checkpoint directory)."""
-        if self.checkpoint_dir is None:
+        """Write a checkpoint now (no-op without a checkpoint directory, and in inference mode:
+        nothing trainable changed, and the checkpoint of the trained run stays the latest)."""
+        if self.checkpoint_dir is None or self.settings.inference:
             return None
         with self._lock:
             meta = {
@@ -233,6 +250,8 @@ class Behavior:
             return values, bootstrap, memories, self.trainer.policy_version
 
     def update(self, batch: BatchData, num_sequences: int) -> Tuple[Dict[str, float], int]:
+        if self.settings.inference:
+            raise FailedPrecondition("behavior_name", f"behaviour {self.name!r} is in inference mode (inference: true); it is not trained")
         expected = batch.length  # sequence_length 1: one sequence per step
         if num_sequences != expected:
             raise InvalidArgument("num_sequences", f"must equal the batch's {batch.length} steps / sequence_length 1 = {expected}, got {num_sequences}")

@@ -37,6 +37,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-queued-steps", type=int, default=None, help="per-behaviour intake bound in steps (default max(2*buffer_size, 8192))")
     p.add_argument("--intake-timeout", type=float, default=10.0, help="seconds a full intake holds a submission before RESOURCE_EXHAUSTED")
     p.add_argument("--drain-seconds", type=float, default=1.0, help="on SIGTERM, seconds health reports NOT_SERVING before the port closes")
+    p.add_argument("--inference", action="store_true",
+                   help="serve every behaviour untrained (like mlagents-learn --inference): trajectories are counted, "
+                        "no value estimation or updates; with --resume, serves the checkpointed policies")
     p.add_argument("--log-level", default="INFO")
     add_security_args(p)  # --auth-token-file, --tls-cert, --tls-key, --tls-client-ca (ludus_service.security)
     p.add_argument("--version", action="version", version=f"ludus-server {__version__}")
@@ -70,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("%s", err)
         return 2
     registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from,
-                                max_queued_steps=args.max_queued_steps, intake_timeout=args.intake_timeout)
+                                max_queued_steps=args.max_queued_steps, intake_timeout=args.intake_timeout,
+                                force_inference=args.inference)
     if args.resume:
         restored = registry.resume()
         log.info("resumed %d behaviour(s): %s", len(restored), ", ".join(restored) or "none found")

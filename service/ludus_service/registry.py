@@ -45,6 +45,7 @@ class BehaviorRegistry:
         initialize_from: Optional[Path] = None,
         max_queued_steps: Optional[int] = None,
         intake_timeout: float = 10.0,
+        force_inference: bool = False,
     ) -> None:
         self.config = config or ServerConfig()
         self.device = torch.device(device)
@@ -54,6 +55,8 @@ class BehaviorRegistry:
         self.initialize_from = Path(initialize_from) if initialize_from is not None else None
         self.max_queued_steps = max_queued_steps
         self.intake_timeout = intake_timeout
+        #: `ludus-server --inference`: every behaviour, registered or resumed, is served untrained.
+        self.force_inference = force_inference
         self._behaviors: Dict[str, Behavior] = {}
         self._lock = threading.Lock()
         #: Set at graceful shutdown: new trainer RPCs are refused with UNAVAILABLE.
@@ -74,7 +77,7 @@ class BehaviorRegistry:
                 continue
             path, tensors, meta = found
             name = meta["behavior_name"]
-            self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, **self._behavior_kwargs(name))
+            self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, inference=self.force_inference or None, **self._behavior_kwargs(name))
             log.info("resumed %s from %s (step %d, policy version %d)", name, path, self._behaviors[name].trainer.step,
                      self._behaviors[name].policy_version)
             restored.append(name)
@@ -103,6 +106,8 @@ class BehaviorRegistry:
         validate_behavior_name(name)
         spec = parse_spec(spec_msg)
         settings = resolve_settings(overrides, base=self.config.base_for(name))
+        if self.force_inference:
+            settings = dataclasses.replace(settings, inference=True)
         with self._lock:
             existing = self._behaviors.get(name)
             if existing is not None:

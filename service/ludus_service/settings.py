@@ -88,6 +88,12 @@ class TrainerSettings:
     #: Ludus extension: trajectories acted by a policy more than this many versions older than the
     #: current one are dropped (and counted) rather than mixed into an on-policy update.
     max_policy_lag: int = 2
+    #: Ludus extension, per behaviour what `mlagents-learn --inference` is per run: the policy is not
+    #: trained. Trajectories are validated, acknowledged and counted (episode statistics still flow,
+    #: with "Is Training" 0) but never reach the critic, the buffer or an update; Update is refused.
+    #: For evaluating a fixed policy, serving many simulators from one trained policy, and measuring
+    #: raw ingestion.
+    inference: bool = False
 
 
 #: Reward signals ML-Agents knows; only these are accepted as keys of `reward_signals`.

@@ -112,6 +112,17 @@ class PPOTrainer:
         opt.global_step += traj.length
         self._track_episode(traj)
 
+    def record_inference(self, traj: TrajectoryData, accepted_before: int) -> Optional[Dict[str, float]]:
+        """Inference mode: only episode statistics, published every `summary_freq` accepted steps
+        (ML-Agents' summary period) with "Is Training" 0. Returns the new stats when published."""
+        self._track_episode(traj)
+        period = self.settings.summary_freq
+        if (accepted_before + traj.length) // period == accepted_before // period:
+            return None
+        stats = self._summary_stats(training=False)
+        self.latest_stats = stats
+        return stats
+
     def _track_episode(self, traj: TrajectoryData) -> None:
         progress = self._episodes.pop(traj.agent_id, None) or _EpisodeProgress()
         progress.reward += float(traj.rewards.sum())
@@ -153,9 +164,9 @@ class PPOTrainer:
         self.latest_stats = stats
         return stats
 
-    def _summary_stats(self) -> Dict[str, float]:
+    def _summary_stats(self, training: bool = True) -> Dict[str, float]:
         w = self._window
-        stats: Dict[str, float] = {"Is Training": 1.0}
+        stats: Dict[str, float] = {"Is Training": 1.0 if training else 0.0}
         for name, provider in self.optimizer.reward_signals.items():
             if w.value_estimates[name]:
                 stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
