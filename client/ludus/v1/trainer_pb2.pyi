@@ -19,6 +19,11 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_INT64: _ClassVar[DataType]
     DATA_TYPE_BOOL: _ClassVar[DataType]
 
+class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPRESSION_NONE: _ClassVar[Compression]
+    COMPRESSION_PNG: _ClassVar[Compression]
+
 class ObservationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OBSERVATION_KIND_UNSPECIFIED: _ClassVar[ObservationKind]
@@ -49,6 +54,8 @@ DATA_TYPE_UINT8: DataType
 DATA_TYPE_INT32: DataType
 DATA_TYPE_INT64: DataType
 DATA_TYPE_BOOL: DataType
+COMPRESSION_NONE: Compression
+COMPRESSION_PNG: Compression
 OBSERVATION_KIND_UNSPECIFIED: ObservationKind
 OBSERVATION_KIND_VECTOR: ObservationKind
 OBSERVATION_KIND_VISUAL: ObservationKind
@@ -62,14 +69,20 @@ POLICY_FORMAT_UNSPECIFIED: PolicyFormat
 POLICY_FORMAT_SAFETENSORS: PolicyFormat
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "raw_data")
+    __slots__ = ("dtype", "shape", "raw_data", "compression", "compressed_data", "compressed_channel_mapping")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     RAW_DATA_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_DATA_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_CHANNEL_MAPPING_FIELD_NUMBER: _ClassVar[int]
     dtype: DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
     raw_data: bytes
-    def __init__(self, dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw_data: _Optional[bytes] = ...) -> None: ...
+    compression: Compression
+    compressed_data: _containers.RepeatedScalarFieldContainer[bytes]
+    compressed_channel_mapping: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., raw_data: _Optional[bytes] = ..., compression: _Optional[_Union[Compression, str]] = ..., compressed_data: _Optional[_Iterable[bytes]] = ..., compressed_channel_mapping: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ObservationSpec(_message.Message):
     __slots__ = ("name", "shape", "kind", "observation_type")
