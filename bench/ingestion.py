@@ -3,9 +3,8 @@
 Payload: one SubmitTrajectoriesRequest of T=64 steps (ML-Agents' default time_horizon), serialised
 once per client and sent again and again as raw bytes (no client-side serialisation cost), with at
 most `window` unacknowledged messages per stream (like TrajectoryStream's max_in_flight, capped at
-32 MiB in flight per client). Observation sizes: 8 floats, 64 floats, and an 84x84x3 "image" sent as
-a VECTOR of 21168 float32: the service accepts only rank-1 VECTOR observations of FLOAT dtypes
-today, so a uint8 camera frame travels as 4x more bytes.
+32 MiB in flight per client). Observations: 8 floats, 64 floats, and an 84x84x3 uint8 camera frame
+(a VISUAL observation, channels-first, as a game sends it uncompressed).
 
 Clients are separate processes (no client-side GIL), 1, 4 or 16 of them, each with its own channel
 and stream, started together. Each (observation size, clients) pair runs against a fresh behaviour
@@ -33,18 +32,36 @@ from bench.common import Recorder, ServerProcess, WorkerError, log
 
 STEPS_PER_TRAJECTORY = 64
 CONTINUOUS_ACTIONS = 2
-OBS_SIZES = {"vec8": 8, "vec64": 64, "img84x84x3_as_f32": 84 * 84 * 3}
+#: Observation shapes per step: rank 1 = VECTOR float32, rank 3 = a VISUAL uint8 camera frame (CHW).
+OBS_SHAPES = {"vec8": (8,), "vec64": (64,), "img84x84x3_uint8": (3, 84, 84)}
 LUDUS_METHOD = "/ludus.v1.Trainer/SubmitTrajectories"
 MAX_IN_FLIGHT = 16
 MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024), ("grpc.max_send_message_length", 256 * 1024 * 1024)]
 
 
-def behavior_name(obs_size: int, clients: int, training: bool = False) -> str:
-    return f"ingest_{obs_size}_c{clients}" + ("_training" if training else "")
+def behavior_name(size_name: str, clients: int, training: bool = False) -> str:
+    return f"ingest_{size_name}_c{clients}" + ("_training" if training else "")
 
 
-def build_payload(obs_size: int, behavior: str, agent_id: str, seed: int = 0) -> bytes:
+def _frames(rng, shape, leading):
+    """Random observations of one kind: float32 vectors or uint8 frames."""
+    import numpy as np
+
+    if len(shape) == 3:
+        return rng.integers(0, 256, size=(*leading, *shape), dtype=np.uint8)
+    return rng.standard_normal((*leading, *shape), dtype=np.float32)
+
+
+def spec_for(shape):
+    from ludus.v1 import trainer_pb2 as pb
+    from ludus_client.spec import ActionSpec, BehaviorSpec, ObservationSpec
+
+    kind = pb.OBSERVATION_KIND_VISUAL if len(shape) == 3 else pb.OBSERVATION_KIND_VECTOR
+    return BehaviorSpec((ObservationSpec("obs", tuple(shape), kind),), ActionSpec(CONTINUOUS_ACTIONS, ()))
+
+
+def build_payload(shape, behavior: str, agent_id: str, seed: int = 0) -> bytes:
     """A serialised SubmitTrajectoriesRequest: T steps, random float32 observations, 2 continuous actions."""
     import numpy as np
 
@@ -55,11 +72,11 @@ def build_payload(obs_size: int, behavior: str, agent_id: str, seed: int = 0) ->
     t = STEPS_PER_TRAJECTORY
     traj = pb.Trajectory(
         agent_id=agent_id, policy_version=1,
-        observations=[to_tensor(rng.standard_normal((t, obs_size), dtype=np.float32))],
+        observations=[to_tensor(_frames(rng, shape, (t,)))],
         continuous_actions=to_tensor(rng.standard_normal((t, CONTINUOUS_ACTIONS), dtype=np.float32)),
         continuous_log_probs=to_tensor(-np.abs(rng.standard_normal((t, CONTINUOUS_ACTIONS), dtype=np.float32)) - 1.0),
         rewards=to_tensor(rng.standard_normal(t, dtype=np.float32)),
-        next_observations=[to_tensor(rng.standard_normal(obs_size, dtype=np.float32))],
+        next_observations=[to_tensor(_frames(rng, shape, ()))],
     )
     return pb.SubmitTrajectoriesRequest(behavior_name=behavior, trajectory=traj).SerializeToString()
 
@@ -102,9 +119,9 @@ def _stream(address: str, method: str, payload: bytes, duration: float, window: 
     return {"messages_in_window": in_window, "messages_total": total, "finished_at": finished}
 
 
-def _client_main(index: int, obs_size: int, behaviors: List[str], conn) -> None:
+def _client_main(index: int, shape, behaviors: List[str], conn) -> None:
     # One payload per target behaviour (the name is inside the message); identical sizes.
-    payloads = {b: build_payload(obs_size, b, f"client{index}", seed=index) for b in behaviors}
+    payloads = {b: build_payload(shape, b, f"client{index}", seed=index) for b in behaviors}
     conn.send(("ready", len(payloads[behaviors[0]])))
     while True:
         command = conn.recv()
@@ -121,14 +138,14 @@ def _client_main(index: int, obs_size: int, behaviors: List[str], conn) -> None:
 class ClientPool:
     """N client processes (spawned: no forked gRPC state), each holding its payload."""
 
-    def __init__(self, n: int, obs_size: int, behaviors: List[str]) -> None:
+    def __init__(self, n: int, shape, behaviors: List[str]) -> None:
         ctx = mp.get_context("spawn")
         self.behaviors = behaviors
         self.conns = []
         self.procs = []
         for i in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_main, args=(i, obs_size, behaviors, child), daemon=True)
+            proc = ctx.Process(target=_client_main, args=(i, shape, behaviors, child), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -165,13 +182,13 @@ class ClientPool:
                 proc.terminate()
 
 
-def _register(address: str, obs_size: int, behavior: str, training: bool) -> None:
+def _register(address: str, shape, behavior: str, training: bool) -> None:
     from ludus_client import BehaviorSpec, LudusClient
 
     with LudusClient(address) as client:
         client.wait_ready(30)
         # Updates never run: inference mode, or (training) buffer_size beyond what any run sends.
-        client.register(behavior, BehaviorSpec.vector(obs_size, continuous_size=CONTINUOUS_ACTIONS),
+        client.register(behavior, spec_for(shape),
                         {"hyperparameters": {"buffer_size": 10**9, "batch_size": 32}, "inference": not training})
 
 
@@ -193,8 +210,8 @@ def plan(mode: str) -> Dict[str, Any]:
         return {"sizes": ["vec8"], "clients": [2], "duration": 0.5, "targets": ["sink", "ludus"]}
     targets = ["sink", "ludus", "ludus_training"]
     if mode == "short":
-        return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 1.5, "targets": targets}
-    return {"sizes": list(OBS_SIZES), "clients": [1, 4, 16], "duration": 5.0, "duration_img": 3.0, "targets": targets}
+        return {"sizes": list(OBS_SHAPES), "clients": [1, 4, 16], "duration": 1.5, "targets": targets}
+    return {"sizes": list(OBS_SHAPES), "clients": [1, 4, 16], "duration": 5.0, "duration_img": 3.0, "targets": targets}
 
 
 def run_section(rec: Recorder, mode: str) -> None:
@@ -203,21 +220,21 @@ def run_section(rec: Recorder, mode: str) -> None:
                           "'ludus': the behaviour runs with inference: true (value estimation and updates off; every "
                           "message still decoded, validated in full, counted, acknowledged). 'ludus_training': a "
                           "training behaviour (value estimation on, buffer_size 10**9 so no update runs).")
-    rec.note("ingestion", "The 84x84x3 image travels as a VECTOR of 21168 float32 (4x the bytes of a uint8 frame), "
-                          "the same payload on every side.")
+    rec.note("ingestion", "img84x84x3_uint8: one VISUAL observation of uint8 frames (3x84x84, channels-first), the "
+                          "same payload bytes on every side; the training behaviour runs the 'simple' CNN critic.")
     sink = ServerProcess(cmd=[sys.executable, "-m", "bench.sink", "--port", "0"]).start()
     try:
         k = 0
         for size_name in p["sizes"]:
-            obs_size = OBS_SIZES[size_name]
-            duration = p.get("duration_img", p["duration"]) if obs_size > 10_000 else p["duration"]
+            shape = OBS_SHAPES[size_name]
+            duration = p.get("duration_img", p["duration"]) if len(shape) == 3 else p["duration"]
             # One ludus-server per observation size (a fresh behaviour per client count): start-up
             # cost stays out of the measurement, memory of the big buffers is freed between sizes.
             ludus: Optional[ServerProcess] = None
             try:
                 for n in p["clients"]:
-                    names = {"ludus": behavior_name(obs_size, n), "ludus_training": behavior_name(obs_size, n, training=True)}
-                    pool = ClientPool(n, obs_size, list(names.values()))
+                    names = {"ludus": behavior_name(size_name, n), "ludus_training": behavior_name(size_name, n, training=True)}
+                    pool = ClientPool(n, shape, list(names.values()))
                     try:
                         window = in_flight_window(pool.payload_bytes)
                         order = p["targets"][k % len(p["targets"]):] + p["targets"][:k % len(p["targets"])]
@@ -229,7 +246,7 @@ def run_section(rec: Recorder, mode: str) -> None:
                                 if target != "sink" and ludus is None:
                                     ludus = ServerProcess(seed=0).start()
                                 server = sink if target == "sink" else ludus
-                                rates[target] = _measure(rec, target, server, pool, size_name, obs_size,
+                                rates[target] = _measure(rec, target, server, pool, size_name, shape,
                                                          names.get(target, ""), n, duration, window)
                             except WorkerError as err:
                                 rec.note("ingestion", f"{size_name} x{n} {target}: FAILED: {str(err)[:500]}")
@@ -247,12 +264,12 @@ def run_section(rec: Recorder, mode: str) -> None:
         sink.stop()
 
 
-def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool, size_name: str, obs_size: int,
+def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool, size_name: str, shape,
              behavior: str, n: int, duration: float, window: int) -> float:
     if target == "sink":
         method, behavior = "/bench.Sink/Submit", pool.behaviors[0]  # the sink ignores the name inside
     else:
-        _register(server.address, obs_size, behavior, training=target == "ludus_training")
+        _register(server.address, shape, behavior, training=target == "ludus_training")
         method = LUDUS_METHOD
     results, start_at = pool.run(server.address, method, duration, window, behavior)
     steps_in_window = sum(r["messages_in_window"] for r in results) * STEPS_PER_TRAJECTORY
@@ -270,7 +287,7 @@ def _measure(rec: Recorder, target: str, server: ServerProcess, pool: ClientPool
         metrics["drain_seconds_after_window"] = max(0.0, drained_at - max(r["finished_at"] for r in results))
         metrics["server_total_steps"] = total
     rec.add("ingestion", f"{size_name}/c{n}/{target}", metrics, {
-        "obs": size_name, "obs_floats": obs_size, "clients": n, "target": target, "duration_s": duration,
+        "obs": size_name, "obs_shape": list(shape), "clients": n, "target": target, "duration_s": duration,
         "steps_per_message": STEPS_PER_TRAJECTORY, "payload_bytes": pool.payload_bytes, "in_flight_per_client": window,
     })
     log(f"  -> {rate:,.0f} steps/s accepted" + (f", {metrics['processed_steps_per_s']:,.0f} processed" if target != "sink" else ""))

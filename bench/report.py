@@ -286,7 +286,7 @@ def write_plots(rec: Recorder) -> List[str]:
                                                   ("Ludus training (critic on), processed", "ludus_training", "processed_steps_per_s"))):
             vals = [ing.get(f"{o}/c{n}/{key}", {}).get("metrics", {}).get(metric, 0.0) for o, n in keys]
             ax.bar(x + (j - 1) * width, vals, width, label=label)
-        ax.set_xticks(x, [f"{o.replace('img84x84x3_as_f32', '84x84x3 f32')}\n{n} client(s)" for o, n in keys], fontsize=7)
+        ax.set_xticks(x, [f"{o.replace('img84x84x3_uint8', '84x84x3 uint8')}\n{n} client(s)" for o, n in keys], fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("env steps / s")
         ax.set_title("SubmitTrajectories ingestion vs bare gRPC sink (64-step messages)")

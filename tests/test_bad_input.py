@@ -477,7 +477,10 @@ SPEC_CASES = [
     ("negative-branch", _spec([ObservationSpec("obs", (4,))], branches=[3, -1]), grpc.StatusCode.INVALID_ARGUMENT, "spec.actions.discrete_branches[1]"),
     ("zero-branch", _spec([ObservationSpec("obs", (4,))], branches=[0]), grpc.StatusCode.INVALID_ARGUMENT, "spec.actions.discrete_branches[0]"),
     ("negative-continuous", _spec([ObservationSpec("obs", (4,))], continuous=-2), grpc.StatusCode.INVALID_ARGUMENT, "spec.actions.continuous_size"),
-    ("visual", _spec([ObservationSpec("cam", (3, 8, 8), pb.OBSERVATION_KIND_VISUAL)], branches=[3]), grpc.StatusCode.UNIMPLEMENTED, "spec.observations[0].kind"),
+    ("visual-too-small", _spec([ObservationSpec("cam", (3, 8, 8), pb.OBSERVATION_KIND_VISUAL)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
+    ("visual-rank-2", _spec([ObservationSpec("cam", (8, 8), pb.OBSERVATION_KIND_VISUAL)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
+    ("vector-rank-3", _spec([ObservationSpec("obs", (3, 8, 8), pb.OBSERVATION_KIND_VECTOR)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
+    ("entities", _spec([ObservationSpec("things", (8, 4), pb.OBSERVATION_KIND_ENTITIES)], branches=[3]), grpc.StatusCode.UNIMPLEMENTED, "spec.observations[0].kind"),
 ]
 
 

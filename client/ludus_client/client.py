@@ -38,6 +38,12 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
+def _observation_tensor(obs: np.ndarray) -> pb.Tensor:
+    """float32 on the wire, except uint8 (camera frames: the service scales visual uint8 by 1/255)."""
+    arr = np.asarray(obs)
+    return to_tensor(arr if arr.dtype == np.uint8 else arr.astype(np.float32, copy=False))
+
+
 def _service_config() -> str:
     return json.dumps({
         "methodConfig": [{
@@ -179,8 +185,8 @@ class LudusClient:
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
         request = pb.EstimateValuesRequest(
             behavior_name=behavior_name, agent_id=agent_id, done=done,
-            observations=[to_tensor(o, np.float32) for o in observations],
-            next_observations=[to_tensor(o, np.float32) for o in (next_observations or [])],
+            observations=[_observation_tensor(o) for o in observations],
+            next_observations=[_observation_tensor(o) for o in (next_observations or [])],
         )
         response = self._call(self.stub.EstimateValues, request)
         values = {k: from_tensor(v, f"values[{k}]") for k, v in response.values.items()}

@@ -15,6 +15,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from safetensors.numpy import load as safetensors_load
 
+from ludus_client.numpy_encoders import visual_encoder_forward
+
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -53,10 +55,15 @@ def read_safetensors_metadata(data: bytes) -> Dict[str, str]:
     return json.loads(data[8:8 + header_len]).get("__metadata__", {})
 
 
+#: Architectures this SDK evaluates: v1 = vector observations, v2 = v1 + visual encoders.
+SUPPORTED_FORMATS = ("ludus.mlp_actor.v1", "ludus.actor.v2")
+
+
 class LocalPolicy:
     def __init__(self, tensors: Dict[str, np.ndarray], architecture: dict, version: int, behavior_name: str = "") -> None:
-        if architecture.get("format") != "ludus.mlp_actor.v1":
-            raise ValueError(f"unsupported policy architecture {architecture.get('format')!r}")
+        if architecture.get("format") not in SUPPORTED_FORMATS:
+            raise ValueError(f"unsupported policy architecture {architecture.get('format')!r} (this SDK reads "
+                             f"{', '.join(SUPPORTED_FORMATS)}; upgrade ludus-client)")
         self.tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
         self.architecture = architecture
         self.version = version
@@ -71,13 +78,27 @@ class LocalPolicy:
         meta = read_safetensors_metadata(data)
         return cls(safetensors_load(data), json.loads(meta["ludus.architecture"]), int(meta["ludus.version"]), meta.get("ludus.behavior", ""))
 
-    def _hidden(self, observations: Sequence[np.ndarray]) -> np.ndarray:
-        flat = [np.asarray(o, dtype=np.float32).reshape(len(o), -1) for o in observations]
-        x = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
+    def _features(self, observations: Sequence[np.ndarray]) -> np.ndarray:
+        """What the service's ObservationFeatures computes: [normalised vectors, visual encodings...]."""
         arch = self.architecture
-        if arch["normalize"]:
-            x = (x - self.tensors["normalizer.mean"]) / np.sqrt(self.tensors["normalizer.var"] + arch["normalize_epsilon"])
-            x = np.clip(x, -arch["normalize_clamp"], arch["normalize_clamp"])
+        vector_indices = arch.get("vector_observations", list(range(len(observations))))
+        parts = []
+        if vector_indices:
+            flat = [np.asarray(observations[i], dtype=np.float32).reshape(len(observations[i]), -1) for i in vector_indices]
+            x = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
+            if arch["normalize"]:
+                x = (x - self.tensors["normalizer.mean"]) / np.sqrt(self.tensors["normalizer.var"] + arch["normalize_epsilon"])
+                x = np.clip(x, -arch["normalize_clamp"], arch["normalize_clamp"])
+            parts.append(x)
+        for description in arch.get("visual_encoders", []):
+            image = np.asarray(observations[description["observation"]])
+            # uint8 frames are pixels: scaled like the service scales uint8 visual observations.
+            image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32, copy=False)
+            parts.append(visual_encoder_forward(description, self.tensors, image))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _hidden(self, observations: Sequence[np.ndarray]) -> np.ndarray:
+        x = self._features(observations)
         for weight, bias in self._layers:
             x = self._act(x @ weight + bias)
         return x

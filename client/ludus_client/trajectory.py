@@ -6,8 +6,17 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ludus.v1 import trainer_pb2 as pb
-from ludus_client.spec import BehaviorSpec
+from ludus_client.spec import BehaviorSpec, ObservationSpec
 from ludus_client.tensor_codec import to_tensor
+
+
+def _wire_observation(obs: np.ndarray, spec: ObservationSpec) -> np.ndarray:
+    """float32, except uint8 camera frames, which travel as uint8 (4x fewer bytes) and mean pixels:
+    the service and LocalPolicy both scale uint8 visual observations by 1/255."""
+    arr = np.asarray(obs)
+    if arr.dtype == np.uint8 and spec.kind == pb.OBSERVATION_KIND_VISUAL:
+        return arr
+    return arr.astype(np.float32, copy=False)
 
 
 class TrajectoryBuilder:
@@ -47,8 +56,8 @@ class TrajectoryBuilder:
         policy_version: int,
         action_mask: Optional[np.ndarray] = None,
     ) -> None:
-        for store, obs in zip(self._obs, observations):
-            store.append(np.asarray(obs, dtype=np.float32))
+        for store, obs, spec in zip(self._obs, observations, self.spec.observations):
+            store.append(_wire_observation(obs, spec))
         self._cont.append(continuous_action)
         self._disc.append(discrete_action)
         self._cont_lp.append(continuous_log_prob)
@@ -80,6 +89,6 @@ class TrajectoryBuilder:
             if self._masks:
                 traj.action_masks.CopyFrom(to_tensor(np.stack(self._masks)))
         if next_observations is not None:
-            traj.next_observations.extend(to_tensor(np.asarray(o, dtype=np.float32)) for o in next_observations)
+            traj.next_observations.extend(to_tensor(_wire_observation(o, spec)) for o, spec in zip(next_observations, self.spec.observations))
         self._reset()
         return traj

@@ -1,6 +1,10 @@
-"""Actor and critic networks for vector observations, ML-Agents style.
+"""Actor and critic networks, ML-Agents style.
 
-- ObservationEncoder: concatenates the observations (normalised when `network_settings.normalize`).
+- ObservationEncoder (shared by actor and critic): concatenates the vector observations, normalised
+  when `network_settings.normalize` (ML-Agents normalises vector observations only).
+- ObservationFeatures (one per network, like ML-Agents' separate actor/critic bodies): the shared
+  vector part plus the network's own visual encoder (`vis_encode_type`, output `hidden_units`) for
+  every visual observation, concatenated: [vectors, visual_0, visual_1, ...].
 - MLP body: `num_layers` x `hidden_units` with the configured activation (swish by default).
 - Actor: a Gaussian for the continuous block (state-independent log-std) and one categorical per
   discrete branch, with action masks; log-probabilities are returned per action dimension
@@ -20,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ludus.v1 import trainer_pb2 as pb
+from ludus_service.encoders import make_visual_encoder
 from ludus_service.normalizer import RunningNormalizer
 from ludus_service.settings import NetworkSettings
 from ludus_service.spec import BehaviorSpec
@@ -36,21 +42,60 @@ def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class ObservationEncoder(nn.Module):
-    """Flattens and concatenates vector observations, normalising them when asked to."""
+    """Flattens and concatenates the vector observations, normalising them when asked to. Holds the
+    running normaliser, which actor and critic share (statistics, not trained weights)."""
 
     def __init__(self, spec: BehaviorSpec, normalize: bool) -> None:
         super().__init__()
-        self.sizes = [int(np.prod(o.shape)) for o in spec.observations]
+        self.vector_indices = [i for i, o in enumerate(spec.observations) if o.kind != pb.OBSERVATION_KIND_VISUAL]
+        self.visual_indices = [i for i, o in enumerate(spec.observations) if o.kind == pb.OBSERVATION_KIND_VISUAL]
+        self.sizes = [int(np.prod(spec.observations[i].shape)) for i in self.vector_indices]
         self.output_size = sum(self.sizes)
-        self.normalizer: Optional[RunningNormalizer] = RunningNormalizer(self.output_size) if normalize else None
+        self.normalizer: Optional[RunningNormalizer] = (
+            RunningNormalizer(self.output_size) if normalize and self.output_size else None
+        )
 
     def concat(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
-        flat = [o.reshape(o.shape[0], -1).float() for o in observations]
+        """[N, sum of vector sizes] (an empty [N, 0] when there are only visual observations)."""
+        flat = [observations[i].reshape(observations[i].shape[0], -1).float() for i in self.vector_indices]
+        if not flat:
+            return observations[0].new_zeros((observations[0].shape[0], 0), dtype=torch.float32)
         return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
 
     def forward(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.concat(observations)
         return self.normalizer(x) if self.normalizer is not None else x
+
+
+class ObservationFeatures(nn.Module):
+    """The input of one network: the shared vector part (computed by the ObservationEncoder, which
+    is not a submodule here, so its normaliser is stored once) + this network's own visual encoders."""
+
+    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
+        super().__init__()
+        self.vector_size = encoder.output_size
+        self.visual_indices = list(encoder.visual_indices)
+        self.visual_encoders = nn.ModuleList(
+            make_visual_encoder(settings.vis_encode_type, spec.observations[i].shape, settings.hidden_units)
+            for i in self.visual_indices
+        )
+        self.output_size = self.vector_size + sum(e.output_size for e in self.visual_encoders)
+
+    def forward(self, observations: Sequence[torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
+        parts = [vectors] if self.vector_size else []
+        for index, visual in zip(self.visual_indices, self.visual_encoders):
+            parts.append(visual(observations[index].float()))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def export(self) -> Tuple[Dict[str, np.ndarray], List[dict]]:
+        """Visual encoder weights and descriptions (observation index included) for the SDK."""
+        tensors: Dict[str, np.ndarray] = {}
+        described = []
+        for k, (index, visual) in enumerate(zip(self.visual_indices, self.visual_encoders)):
+            weights, description = visual.export(f"visual.{k}")
+            tensors.update(weights)
+            described.append({"observation": index, **description})
+        return tensors, described
 
 
 def mlp(in_size: int, settings: NetworkSettings) -> Tuple[nn.Sequential, int]:
@@ -82,7 +127,8 @@ class Actor(nn.Module):
         self.spec = spec
         self.settings = settings
         self.encoder = encoder
-        self.body, hidden = mlp(encoder.output_size, settings)
+        self.features = ObservationFeatures(spec, settings, encoder)
+        self.body, hidden = mlp(self.features.output_size, settings)
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
         if self.continuous_size:
@@ -91,7 +137,7 @@ class Actor(nn.Module):
         self.branch_heads = nn.ModuleList(_init_linear(nn.Linear(hidden, b), 0.01) for b in self.branches)
 
     def _hidden(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.body(self.encoder(observations))
+        return self.body(self.features(observations, self.encoder(observations)))
 
     def evaluate(
         self,
@@ -147,9 +193,13 @@ class Actor(nn.Module):
         for i, head in enumerate(self.branch_heads):
             tensors[f"discrete.{i}.weight"] = head.weight.detach().cpu().numpy()
             tensors[f"discrete.{i}.bias"] = head.bias.detach().cpu().numpy()
+        visual_tensors, visual = self.features.export()
+        tensors.update(visual_tensors)
         architecture = {
-            "format": "ludus.mlp_actor.v1",
+            # v1 readers know vector observations only; a policy with visual encoders needs a v2 reader.
+            "format": "ludus.actor.v2" if visual else "ludus.mlp_actor.v1",
             "observation_sizes": self.encoder.sizes,
+            "vector_observations": self.encoder.vector_indices,
             "observation_shapes": [list(o.shape) for o in self.spec.observations],
             "normalize": self.encoder.normalizer is not None,
             "normalize_clamp": 5.0,
@@ -160,6 +210,8 @@ class Actor(nn.Module):
             "discrete_branches": self.branches,
             "deterministic": self.settings.deterministic,
         }
+        if visual:
+            architecture["visual_encoders"] = visual
         # Copies: .numpy() of a CPU parameter shares its memory, and Adam updates parameters in place,
         # so without a copy a published version's weights would change with later updates.
         return {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}, architecture
@@ -171,9 +223,10 @@ class Critic(nn.Module):
     def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder, signals: Sequence[str]) -> None:
         super().__init__()
         self.encoder = encoder
-        self.body, hidden = mlp(encoder.output_size, settings)
+        self.features = ObservationFeatures(spec, settings, encoder)
+        self.body, hidden = mlp(self.features.output_size, settings)
         self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(hidden, 1), 1.0) for name in signals})
 
     def forward(self, observations: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        hidden = self.body(self.encoder(observations))
+        hidden = self.body(self.features(observations, self.encoder(observations)))
         return {name: head(hidden).squeeze(-1) for name, head in self.heads.items()}

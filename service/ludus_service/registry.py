@@ -15,7 +15,7 @@ from ludus_service.checkpoint import latest_checkpoint, load_checkpoint
 from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from ludus_service.metrics import ServerMetrics
 from ludus_service.settings import ServerConfig, TrainerSettings, resolve_settings, settings_to_dict
-from ludus_service.spec import BehaviorSpec, parse_spec, validate_behavior_name
+from ludus_service.spec import BehaviorSpec, check_spec_fits_settings, parse_spec, validate_behavior_name
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class BehaviorRegistry:
         settings = resolve_settings(overrides, base=self.config.base_for(name))
         if self.force_inference:
             settings = dataclasses.replace(settings, inference=True)
+        check_spec_fits_settings(spec, settings.network_settings.vis_encode_type)
         with self._lock:
             existing = self._behaviors.get(name)
             if existing is not None:

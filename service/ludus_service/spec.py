@@ -9,9 +9,10 @@ import re
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus_client.spec import ActionSpec, BehaviorSpec, ObservationSpec
+from ludus_service.encoders import check_visual_shape
 from ludus_service.errors import InvalidArgument, Unimplemented
 
-__all__ = ["ActionSpec", "BehaviorSpec", "ObservationSpec", "parse_spec", "validate_behavior_name"]
+__all__ = ["ActionSpec", "BehaviorSpec", "ObservationSpec", "check_spec_fits_settings", "parse_spec", "validate_behavior_name"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 MAX_OBS_ELEMENTS = 1 << 24
@@ -52,10 +53,12 @@ def parse_spec(msg: pb.BehaviorSpec) -> BehaviorSpec:
         path = f"spec.observations[{i}]"
         if obs.kind == pb.OBSERVATION_KIND_UNSPECIFIED:
             raise InvalidArgument(f"{path}.kind", f"cannot infer the kind of a rank-{len(obs.shape)} observation; set kind")
-        if obs.kind != pb.OBSERVATION_KIND_VECTOR:
-            raise Unimplemented(f"{path}.kind", f"{pb.ObservationKind.Name(obs.kind)} observations are not implemented yet (vector only)")
-        if len(obs.shape) != 1:
+        if obs.kind == pb.OBSERVATION_KIND_ENTITIES:
+            raise Unimplemented(f"{path}.kind", "ENTITIES observations are not implemented yet (VECTOR and VISUAL are)")
+        if obs.kind == pb.OBSERVATION_KIND_VECTOR and len(obs.shape) != 1:
             raise InvalidArgument(f"{path}.shape", f"a VECTOR observation has rank 1, got shape {list(obs.shape)}")
+        if obs.kind == pb.OBSERVATION_KIND_VISUAL and len(obs.shape) != 3:
+            raise InvalidArgument(f"{path}.shape", f"a VISUAL observation is [channels, height, width], got shape {list(obs.shape)}")
         if obs.observation_type == pb.OBSERVATION_TYPE_GOAL_SIGNAL:
             raise Unimplemented(f"{path}.observation_type", "goal-conditioned observations are not implemented yet")
     actions = spec.actions
@@ -67,3 +70,10 @@ def parse_spec(msg: pb.BehaviorSpec) -> BehaviorSpec:
     if actions.continuous_size == 0 and not actions.discrete_branches:
         raise InvalidArgument("spec.actions", "needs a continuous_size > 0 or at least one discrete branch")
     return spec
+
+
+def check_spec_fits_settings(spec: BehaviorSpec, vis_encode_type: str) -> None:
+    """Rules that need the settings: every image must be large enough for the chosen encoder."""
+    for i, obs in enumerate(spec.observations):
+        if obs.kind == pb.OBSERVATION_KIND_VISUAL:
+            check_visual_shape(vis_encode_type, obs.shape, obs.name, field=f"spec.observations[{i}].shape")

@@ -15,10 +15,12 @@ from ludus.v1 import trainer_pb2 as pb
 from ludus_client.spec import BehaviorSpec
 from ludus_client.tensor_codec import TensorFormatError, dtype_name, from_tensor, is_set
 from ludus_service.errors import InvalidArgument
+from ludus_service.images import decode_png_observation
 
 _FLOAT_TYPES = (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT64, pb.DATA_TYPE_FLOAT16)
 _INT_TYPES = (pb.DATA_TYPE_INT32, pb.DATA_TYPE_INT64)
 _MASK_TYPES = (pb.DATA_TYPE_BOOL, pb.DATA_TYPE_UINT8)
+_VISUAL_TYPES = _FLOAT_TYPES + (pb.DATA_TYPE_UINT8,)
 MAX_AGENT_ID = 256
 #: Discrete log-probabilities are <= 0; allow float rounding.
 LOG_PROB_TOLERANCE = 1e-4
@@ -101,11 +103,26 @@ def _float(tensor: pb.Tensor, field: str, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
+def _visual(tensor: pb.Tensor, field: str, leading: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """A VISUAL observation: COMPRESSION_PNG or raw UINT8 (both scaled by 1/255), or raw floats."""
+    if tensor.compression or tensor.compressed_data or tensor.compressed_channel_mapping:
+        return decode_png_observation(tensor, field, leading, shape)
+    if tensor.dtype in _FLOAT_TYPES:
+        return _float(tensor, field, (*leading, *shape))
+    arr = _decode(tensor, field, _VISUAL_TYPES, (*leading, *shape))  # rejects any other dtype
+    return np.divide(arr, np.float32(255), dtype=np.float32)
+
+
 def decode_observations(tensors: Sequence[pb.Tensor], spec: BehaviorSpec, field: str, leading: Sequence[int]) -> List[np.ndarray]:
-    """One float32 array per observation spec, of shape [*leading, *spec.shape]."""
+    """One float32 array per observation spec, of shape [*leading, *spec.shape]. VISUAL observations may
+    also be PNG-compressed or raw UINT8 (pixels / 255); the others are float tensors."""
     if len(tensors) != len(spec.observations):
         raise InvalidArgument(field, f"expected {len(spec.observations)} observation tensors (one per spec), got {len(tensors)}")
-    return [_float(t, f"{field}[{i}]", (*leading, *o.shape)) for i, (t, o) in enumerate(zip(tensors, spec.observations))]
+    return [
+        _visual(t, f"{field}[{i}]", leading, o.shape) if o.kind == pb.OBSERVATION_KIND_VISUAL
+        else _float(t, f"{field}[{i}]", (*leading, *o.shape))
+        for i, (t, o) in enumerate(zip(tensors, spec.observations))
+    ]
 
 
 def _length(tensor: pb.Tensor, field: str) -> int:
