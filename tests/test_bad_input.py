@@ -447,7 +447,8 @@ SETTINGS_CASES = [
     ("sac", _with("trainer_type", "sac"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
     ("poca", _with("trainer_type", "poca"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
     ("curiosity", _with("reward_signals.curiosity", {"strength": 0.02}), grpc.StatusCode.UNIMPLEMENTED, "reward_signals.curiosity"),
-    ("memory", _with("network_settings.memory", {"memory_size": 16, "sequence_length": 8}), grpc.StatusCode.UNIMPLEMENTED, "network_settings.memory"),
+    ("odd-memory-size", _with("network_settings.memory", {"memory_size": 15, "sequence_length": 8}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.memory_size"),
+    ("sequence-exceeds-batch", _with("network_settings.memory", {"memory_size": 16, "sequence_length": 64}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.sequence_length"),
 ]
 
 

@@ -100,12 +100,28 @@ def test_bad_settings_name_the_key(overrides, key):
 @pytest.mark.parametrize("overrides,key", [
     ({"trainer_type": "sac"}, "trainer_type"),
     ({"reward_signals": {"curiosity": {}}}, "reward_signals.curiosity"),
-    ({"network_settings": {"memory": {"sequence_length": 16, "memory_size": 32}}}, "network_settings.memory"),
 ])
 def test_valid_but_unimplemented_settings(overrides, key):
     with pytest.raises(Unimplemented) as err:
         resolve_settings(overrides)
     assert err.value.field == key
+
+
+@pytest.mark.parametrize("memory,key", [
+    ({"memory_size": 31}, "network_settings.memory.memory_size"),
+    ({"memory_size": 16384}, "network_settings.memory.memory_size"),
+    ({"sequence_length": 0}, "network_settings.memory.sequence_length"),
+    ({"sequence_length": 2048}, "network_settings.memory.sequence_length"),  # > batch_size 1024
+])
+def test_bad_memory_settings_name_the_key(memory, key):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_settings({"network_settings": {"memory": memory}})
+    assert err.value.field == key
+
+
+def test_memory_settings_resolve_with_ml_agents_defaults():
+    n = resolve_settings({"network_settings": {"memory": {}}}).network_settings
+    assert (n.memory.sequence_length, n.memory.memory_size) == (64, 128)
 
 
 def test_bad_config_file_names_the_behaviour_key():

@@ -181,16 +181,28 @@ class LudusClient:
 
     def estimate_values(
         self, behavior_name: str, observations: Sequence[np.ndarray], next_observations: Optional[Sequence[np.ndarray]],
-        done: bool, agent_id: str = "",
+        done: bool, agent_id: str = "", interrupted: bool = False,
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+        """Per-signal values of every step and bootstrap values. Recurrent critics continue the
+        agent's memory between calls (agent_id required); the per-step critic memories are in
+        `estimate_values_full`."""
+        values, bootstrap, _ = self.estimate_values_full(behavior_name, observations, next_observations, done, agent_id, interrupted)
+        return values, bootstrap
+
+    def estimate_values_full(
+        self, behavior_name: str, observations: Sequence[np.ndarray], next_observations: Optional[Sequence[np.ndarray]],
+        done: bool, agent_id: str = "", interrupted: bool = False,
+    ) -> Tuple[Dict[str, np.ndarray], Dict[str, float], Optional[np.ndarray]]:
+        """As estimate_values, plus the critic memories [T, memory_size] (None if not recurrent)."""
         request = pb.EstimateValuesRequest(
-            behavior_name=behavior_name, agent_id=agent_id, done=done,
+            behavior_name=behavior_name, agent_id=agent_id, done=done, interrupted=interrupted,
             observations=[_observation_tensor(o) for o in observations],
             next_observations=[_observation_tensor(o) for o in (next_observations or [])],
         )
         response = self._call(self.stub.EstimateValues, request)
         values = {k: from_tensor(v, f"values[{k}]") for k, v in response.values.items()}
-        return values, dict(response.bootstrap_values)
+        memories = from_tensor(response.critic_memories, "critic_memories") if response.HasField("critic_memories") else None
+        return values, dict(response.bootstrap_values), memories
 
     def update(self, behavior_name: str, batch: pb.TrainingBatch, num_sequences: int) -> Tuple[Dict[str, float], int]:
         request = pb.UpdateRequest(behavior_name=behavior_name, batch=batch, num_sequences=num_sequences)

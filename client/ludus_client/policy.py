@@ -1,16 +1,19 @@
 """LocalPolicy: act with a published policy version, in numpy, without torch.
 
 Reads the safetensors file the service publishes (GetPolicy / WatchPolicy) and evaluates the actor
-the way the service's torch networks do: normalise -> MLP body -> Gaussian head (continuous) and
-categorical heads (discrete, with action masks). The same file format is readable from C++, C# or
-JavaScript; an ONNX export for engines is planned on top of the same snapshots.
+the way the service's torch networks do: normalised vectors and visual encoders (ludus_client.
+numpy_encoders) -> MLP body -> LSTM step for recurrent policies -> Gaussian head (continuous) and
+categorical heads (discrete, with action masks). Formats: "ludus.mlp_actor.v1" (vector
+observations) and "ludus.actor.v2" (adds visual encoders and memory). The same file format is
+readable from C++, C# or JavaScript; an ONNX export for engines is planned on top of the same
+snapshots.
 """
 from __future__ import annotations
 
 import json
 import struct
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from safetensors.numpy import load as safetensors_load
@@ -28,6 +31,9 @@ class PolicyOutput:
     discrete_actions: np.ndarray  # int64 [B, branches]
     continuous_log_probs: np.ndarray  # float32 [B, c]
     discrete_log_probs: np.ndarray  # float32 [B, branches]
+    #: Recurrent policies: the memory after this step [B, memory_size], to feed into the next step
+    #: (None for non-recurrent policies).
+    memories: Optional[np.ndarray] = None
 
     @property
     def env_continuous_actions(self) -> np.ndarray:
@@ -43,6 +49,10 @@ def _activation(name: str):
     if name == "relu":
         return lambda x: np.maximum(x, 0.0)
     raise ValueError(f"unknown activation {name!r}")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warnings for large |x|
 
 
 def read_safetensors_metadata(data: bytes) -> Dict[str, str]:
@@ -72,6 +82,27 @@ class LocalPolicy:
         self.branches = [int(b) for b in architecture["discrete_branches"]]
         self._act = _activation(architecture["activation"])
         self._layers = [(self.tensors[f"{n}.weight"].T.copy(), self.tensors[f"{n}.bias"]) for n in architecture["body_layers"]]
+        #: Recurrent policies: size of the memory each step takes and returns (0: not recurrent).
+        self.memory_size = int(architecture.get("memory_size", 0))
+
+    @property
+    def recurrent(self) -> bool:
+        return self.memory_size > 0
+
+    def initial_memories(self, batch: int) -> np.ndarray:
+        """The memory of an episode's first step (zeros, as ML-Agents starts every episode)."""
+        return np.zeros((batch, self.memory_size), dtype=np.float32)
+
+    def _lstm_step(self, x: np.ndarray, memories: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One step of the service's LSTM (torch gate order i, f, g, o); memory = concat(h, c)."""
+        t = self.tensors
+        half = self.memory_size // 2
+        h, c = memories[:, :half], memories[:, half:]
+        gates = x @ t["memory.weight_ih_l0"].T + t["memory.bias_ih_l0"] + h @ t["memory.weight_hh_l0"].T + t["memory.bias_hh_l0"]
+        i, f, g, o = np.split(gates, 4, axis=1)
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h = _sigmoid(o) * np.tanh(c)
+        return h, np.concatenate([h, c], axis=1).astype(np.float32)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LocalPolicy":
@@ -109,15 +140,26 @@ class LocalPolicy:
         action_masks: Optional[np.ndarray] = None,
         deterministic: Optional[bool] = None,
         rng: Optional[np.random.Generator] = None,
+        memories: Optional[np.ndarray] = None,
     ) -> PolicyOutput:
         """Sample (or, deterministic, take the mode of) actions for a batch.
 
         `observations`: one array per observation spec, each [B, *shape]. `action_masks`: bool
-        [B, sum(branches)], True = allowed.
+        [B, sum(branches)], True = allowed. Recurrent policies: `memories` [B, memory_size] is each
+        agent's memory going into this step (`initial_memories` at an episode's first step; then the
+        previous output's `memories`); record it with the step (TrajectoryBuilder.add_step).
         """
         rng = rng or np.random.default_rng()
         deterministic = self.architecture.get("deterministic", False) if deterministic is None else deterministic
         h = self._hidden(observations)
+        new_memories = None
+        if self.recurrent:
+            if memories is None:
+                raise ValueError(f"this policy is recurrent: pass memories [batch, {self.memory_size}] (initial_memories at an episode's start)")
+            memories = np.asarray(memories, dtype=np.float32)
+            if memories.shape != (h.shape[0], self.memory_size):
+                raise ValueError(f"memories must have shape [{h.shape[0]}, {self.memory_size}], got {list(memories.shape)}")
+            h, new_memories = self._lstm_step(h, memories)
         batch = h.shape[0]
         cont = np.zeros((batch, 0), np.float32)
         cont_lp = np.zeros((batch, 0), np.float32)
@@ -144,4 +186,4 @@ class LocalPolicy:
                 choice = (log_p + rng.gumbel(size=log_p.shape)).argmax(axis=1)
             disc[:, i] = choice
             disc_lp[:, i] = log_p[np.arange(batch), choice]
-        return PolicyOutput(cont.astype(np.float32), disc, cont_lp.astype(np.float32), disc_lp)
+        return PolicyOutput(cont.astype(np.float32), disc, cont_lp.astype(np.float32), disc_lp, new_memories)

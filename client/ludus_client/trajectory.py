@@ -40,6 +40,7 @@ class TrajectoryBuilder:
         self._disc_lp: List[np.ndarray] = []
         self._rewards: List[float] = []
         self._masks: List[np.ndarray] = []
+        self._memories: List[np.ndarray] = []
         self._version: Optional[int] = None
 
     def __len__(self) -> int:
@@ -55,7 +56,9 @@ class TrajectoryBuilder:
         reward: float,
         policy_version: int,
         action_mask: Optional[np.ndarray] = None,
+        memory: Optional[np.ndarray] = None,
     ) -> None:
+        """One step. Recurrent policies: `memory` is the policy memory that went INTO this step."""
         for store, obs, spec in zip(self._obs, observations, self.spec.observations):
             store.append(_wire_observation(obs, spec))
         self._cont.append(continuous_action)
@@ -65,6 +68,8 @@ class TrajectoryBuilder:
         self._rewards.append(float(reward))
         if action_mask is not None:
             self._masks.append(np.asarray(action_mask, dtype=bool))
+        if memory is not None:
+            self._memories.append(np.asarray(memory, dtype=np.float32))
         # A trajectory is labelled with the oldest version that acted in it (conservative for lag checks).
         self._version = policy_version if self._version is None else min(self._version, policy_version)
 
@@ -88,6 +93,10 @@ class TrajectoryBuilder:
             traj.discrete_log_probs.CopyFrom(to_tensor(np.stack(self._disc_lp).astype(np.float32)))
             if self._masks:
                 traj.action_masks.CopyFrom(to_tensor(np.stack(self._masks)))
+        if self._memories:
+            if len(self._memories) != len(self._rewards):
+                raise ValueError("every step of a recurrent policy needs its memory (add_step(memory=...))")
+            traj.memories.CopyFrom(to_tensor(np.stack(self._memories)))
         if next_observations is not None:
             traj.next_observations.extend(to_tensor(_wire_observation(o, spec)) for o, spec in zip(next_observations, self.spec.observations))
         self._reset()

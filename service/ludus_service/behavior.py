@@ -123,6 +123,11 @@ class Behavior:
         return self.trainer.policy_version
 
     @property
+    def memory_size(self) -> int:
+        """Memory size of the recurrent networks (0: not recurrent)."""
+        return self.trainer.optimizer.critic.memory_size
+
+    @property
     def signal_names(self) -> List[str]:
         return self.trainer.optimizer.signal_names
 
@@ -244,17 +249,21 @@ class Behavior:
         return path
 
     # -- direct optimizer access -------------------------------------------------------------------
-    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str):
+    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str,
+                        interrupted: bool = False):
         with self._lock:
-            values, bootstrap, memories = self.trainer.estimate_values(observations, next_observations, done, agent_id)
+            values, bootstrap, memories = self.trainer.estimate_values(observations, next_observations, done, agent_id, interrupted)
             return values, bootstrap, memories, self.trainer.policy_version
 
     def update(self, batch: BatchData, num_sequences: int) -> Tuple[Dict[str, float], int]:
         if self.settings.inference:
             raise FailedPrecondition("behavior_name", f"behaviour {self.name!r} is in inference mode (inference: true); it is not trained")
-        expected = batch.length  # sequence_length 1: one sequence per step
+        seq = self.trainer.optimizer.sequence_length
+        if batch.length % seq:
+            raise InvalidArgument("batch", f"has {batch.length} rows, not whole sequences of sequence_length {seq}")
+        expected = batch.length // seq
         if num_sequences != expected:
-            raise InvalidArgument("num_sequences", f"must equal the batch's {batch.length} steps / sequence_length 1 = {expected}, got {num_sequences}")
+            raise InvalidArgument("num_sequences", f"must equal the batch's {batch.length} steps / sequence_length {seq} = {expected}, got {num_sequences}")
         with self._lock:
             stats = self.trainer.update_from_batch(batch, num_sequences)
             self._publish()

@@ -107,6 +107,37 @@ def mlp(in_size: int, settings: NetworkSettings) -> Tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), size
 
 
+class Memory(nn.Module):
+    """ML-Agents' recurrent layer: an LSTM with hidden size memory_size / 2 after the body; a memory
+    is concat(h, c). Runs whole sequences: rows arrive sequence after sequence, each sequence starts
+    from its own given memory."""
+
+    def __init__(self, input_size: int, memory_size: int) -> None:
+        super().__init__()
+        self.memory_size = memory_size
+        self.output_size = memory_size // 2
+        self.lstm = nn.LSTM(input_size, self.output_size, batch_first=True)
+
+    def forward(self, x: torch.Tensor, memories: torch.Tensor, sequence_length: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [S * L, in], memories [S, memory_size] -> outputs [S * L, memory_size / 2], final memories [S, memory_size]."""
+        sequences = memories.shape[0]
+        x = x.reshape(sequences, sequence_length, x.shape[-1])
+        h0, c0 = memories.reshape(sequences, 2, self.output_size).permute(1, 0, 2).contiguous()
+        out, (h, c) = self.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)))
+        return out.reshape(sequences * sequence_length, self.output_size), torch.cat([h[0], c[0]], dim=1)
+
+    def export(self, prefix: str) -> Dict[str, np.ndarray]:
+        return {f"{prefix}.{name}": value.detach().cpu().numpy() for name, value in self.lstm.named_parameters()
+                if name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")}
+
+
+def recurrent_layer(input_size: int, settings: NetworkSettings) -> Tuple[Optional[Memory], int]:
+    if settings.memory is None:
+        return None, input_size
+    memory = Memory(input_size, settings.memory.memory_size)
+    return memory, memory.output_size
+
+
 @dataclass
 class ActionEvaluation:
     continuous_log_probs: torch.Tensor  # [N, continuous_size]
@@ -129,6 +160,7 @@ class Actor(nn.Module):
         self.encoder = encoder
         self.features = ObservationFeatures(spec, settings, encoder)
         self.body, hidden = mlp(self.features.output_size, settings)
+        self.memory, hidden = recurrent_layer(hidden, settings)
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
         if self.continuous_size:
@@ -136,8 +168,15 @@ class Actor(nn.Module):
             self.log_std = nn.Parameter(torch.zeros(self.continuous_size))
         self.branch_heads = nn.ModuleList(_init_linear(nn.Linear(hidden, b), 0.01) for b in self.branches)
 
-    def _hidden(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.body(self.features(observations, self.encoder(observations)))
+    @property
+    def memory_size(self) -> int:
+        return self.memory.memory_size if self.memory is not None else 0
+
+    def _hidden(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor], sequence_length: int) -> torch.Tensor:
+        hidden = self.body(self.features(observations, self.encoder(observations)))
+        if self.memory is not None:
+            hidden, _ = self.memory(hidden, memories, sequence_length)
+        return hidden
 
     def evaluate(
         self,
@@ -145,9 +184,12 @@ class Actor(nn.Module):
         continuous_actions: Optional[torch.Tensor],
         discrete_actions: Optional[torch.Tensor],
         action_masks: Optional[torch.Tensor],
+        memories: Optional[torch.Tensor] = None,
+        sequence_length: int = 1,
     ) -> ActionEvaluation:
-        """Log-probabilities of given actions and the policy's entropy, with gradients."""
-        hidden = self._hidden(observations)
+        """Log-probabilities of given actions and the policy's entropy, with gradients. Recurrent
+        actors take rows sequence after sequence and each sequence's initial memory [S, memory_size]."""
+        hidden = self._hidden(observations, memories, sequence_length)
         n = hidden.shape[0]
         entropy = torch.zeros(n, device=hidden.device)
         cont_lp = torch.zeros(n, 0, device=hidden.device)
@@ -183,6 +225,8 @@ class Actor(nn.Module):
                 tensors[f"{name}.weight"] = module.weight.detach().cpu().numpy()
                 tensors[f"{name}.bias"] = module.bias.detach().cpu().numpy()
                 layers.append(name)
+        if self.memory is not None:
+            tensors.update(self.memory.export("memory"))
         if self.encoder.normalizer is not None:
             tensors["normalizer.mean"] = self.encoder.normalizer.mean.detach().cpu().numpy()
             tensors["normalizer.var"] = self.encoder.normalizer.var.detach().cpu().numpy()
@@ -197,7 +241,7 @@ class Actor(nn.Module):
         tensors.update(visual_tensors)
         architecture = {
             # v1 readers know vector observations only; a policy with visual encoders needs a v2 reader.
-            "format": "ludus.actor.v2" if visual else "ludus.mlp_actor.v1",
+            "format": "ludus.actor.v2" if visual or self.memory is not None else "ludus.mlp_actor.v1",
             "observation_sizes": self.encoder.sizes,
             "vector_observations": self.encoder.vector_indices,
             "observation_shapes": [list(o.shape) for o in self.spec.observations],
@@ -212,6 +256,8 @@ class Actor(nn.Module):
         }
         if visual:
             architecture["visual_encoders"] = visual
+        if self.memory is not None:
+            architecture["memory_size"] = self.memory.memory_size
         # Copies: .numpy() of a CPU parameter shares its memory, and Adam updates parameters in place,
         # so without a copy a published version's weights would change with later updates.
         return {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}, architecture
@@ -225,8 +271,22 @@ class Critic(nn.Module):
         self.encoder = encoder
         self.features = ObservationFeatures(spec, settings, encoder)
         self.body, hidden = mlp(self.features.output_size, settings)
+        self.memory, hidden = recurrent_layer(hidden, settings)
         self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(hidden, 1), 1.0) for name in signals})
 
-    def forward(self, observations: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    @property
+    def memory_size(self) -> int:
+        return self.memory.memory_size if self.memory is not None else 0
+
+    def forward(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor] = None,
+                sequence_length: int = 1) -> Dict[str, torch.Tensor]:
+        return self.forward_with_memory(observations, memories, sequence_length)[0]
+
+    def forward_with_memory(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor] = None,
+                            sequence_length: int = 1) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """Values per signal, and for recurrent critics the memories after each sequence [S, memory_size]."""
         hidden = self.body(self.features(observations, self.encoder(observations)))
-        return {name: head(hidden).squeeze(-1) for name, head in self.heads.items()}
+        final = None
+        if self.memory is not None:
+            hidden, final = self.memory(hidden, memories, sequence_length)
+        return {name: head(hidden).squeeze(-1) for name, head in self.heads.items()}, final

@@ -152,6 +152,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         behavior = self.registry.get(request.behavior_name)
         if not request.observations:
             raise InvalidArgument("observations", "at least one step is required")
+        if request.done and request.interrupted:
+            raise InvalidArgument("interrupted", "cannot be set together with done (a step limit is not a terminal state)")
+        if behavior.memory_size and not request.agent_id:
+            raise InvalidArgument("agent_id", "is required: the critic is recurrent and keeps a memory per agent")
         shape = request.observations[0].shape
         steps = int(shape[0]) if len(shape) else 0
         if steps < 1:
@@ -162,7 +166,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             if not request.next_observations:
                 raise InvalidArgument("next_observations", "are required unless done is true (needed to bootstrap)")
             next_obs = decode_observations(request.next_observations, behavior.spec, "next_observations", ())
-        values, bootstrap, memories, version = behavior.estimate_values(observations, next_obs, request.done, request.agent_id)
+        values, bootstrap, memories, version = behavior.estimate_values(observations, next_obs, request.done, request.agent_id,
+                                                                        request.interrupted)
         response = pb.EstimateValuesResponse(policy_version=version)
         for name, array in values.items():
             response.values[name].CopyFrom(to_tensor(array.astype("float32")))
@@ -176,7 +181,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         behavior = self.registry.get(request.behavior_name)
         if request.num_sequences < 1:
             raise InvalidArgument("num_sequences", f"must be >= 1, got {request.num_sequences}")
-        batch = parse_batch(request.batch, behavior.spec, behavior.signal_names)
+        batch = parse_batch(request.batch, behavior.spec, behavior.signal_names, memory_size=behavior.memory_size)
         stats, version = behavior.update(batch, request.num_sequences)
         return pb.UpdateResponse(stats=stats, policy_version=version)
 
@@ -187,7 +192,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             behavior = self.registry.get(request.behavior_name)
             prefix = f"requests[{index}].trajectory"
             try:
-                trajectory = parse_trajectory(request.trajectory, behavior.spec, prefix)
+                trajectory = parse_trajectory(request.trajectory, behavior.spec, prefix, behavior.memory_size)
             except InvalidArgument:
                 shape = request.trajectory.rewards.shape
                 behavior.metrics.rejected("invalid", max(int(shape[0]), 0) if len(shape) == 1 else 0)

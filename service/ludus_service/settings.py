@@ -123,7 +123,7 @@ _BOUNDS: Dict[str, tuple] = {
     "network_settings.hidden_units": (1, 8192, True),
     "network_settings.num_layers": (0, 32, True),
     "network_settings.memory.sequence_length": (1, None, True),
-    "network_settings.memory.memory_size": (2, None, True),
+    "network_settings.memory.memory_size": (2, 8192, True),
     "keep_checkpoints": (0, None, True),
     "checkpoint_interval": (1, None, True),
     "max_steps": (1, None, True),
@@ -265,7 +265,6 @@ def _check_consistency(s: TrainerSettings, path: str = "") -> None:
             raise InvalidArgument(f"{path}network_settings.memory.memory_size", f"must be even, got {mem.memory_size}")
         if mem.sequence_length > hp.batch_size:
             raise InvalidArgument(f"{path}network_settings.memory.sequence_length", f"({mem.sequence_length}) must not exceed hyperparameters.batch_size ({hp.batch_size})")
-        raise Unimplemented(f"{path}network_settings.memory", "recurrent networks are not implemented yet")
 
 
 def resolve_settings(overrides: Optional[Mapping[str, Any]] = None, base: Optional[TrainerSettings] = None) -> TrainerSettings:

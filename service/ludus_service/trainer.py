@@ -18,10 +18,11 @@ import torch
 from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
 from ludus_service.gae import gae
 from ludus_service.optimizer.ppo import (
-    ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
-    NonFiniteUpdate, PPOOptimizer,
+    ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
+    MEMORY, NonFiniteUpdate, PPOOptimizer,
 )
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
+from ludus_service.sequences import LOSS_MASK, AgentMemories, pad_to_sequences
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
 from ludus_service.validation import BatchData, StepData, TrajectoryData
@@ -62,6 +63,8 @@ class PPOTrainer:
         self.latest_stats: Dict[str, float] = {}
         self._episodes: "OrderedDict[str, _EpisodeProgress]" = OrderedDict()
         self._window = _SummaryWindow()
+        memory_size = self.optimizer.critic.memory_size
+        self._rpc_memories = AgentMemories(memory_size) if memory_size else None
 
     @property
     def step(self) -> int:
@@ -95,8 +98,14 @@ class PPOTrainer:
         fields = self.step_fields(traj)
         fields[ACTION_MASK] = self._mask_field(traj)
         fields[ENVIRONMENT_REWARDS] = traj.rewards
+        if opt.recurrent:
+            fields[MEMORY] = traj.memories
         piece = AgentBuffer(fields)
-        values, bootstrap, _ = opt.get_trajectory_value_estimates(piece, traj.next_observations, traj.done, traj.agent_id)
+        values, bootstrap, critic_memories = opt.get_trajectory_value_estimates(piece, traj.next_observations, traj.done, traj.agent_id)
+        if opt.recurrent:
+            piece[CRITIC_MEMORY] = critic_memories
+            if traj.interrupted:  # the agent's next trajectory starts a new episode: fresh critic memory
+                opt.critic_memories.drop(traj.agent_id)
         lambd = self.settings.hyperparameters.lambd
         advantages = []
         for name, provider in opt.reward_signals.items():
@@ -108,7 +117,10 @@ class PPOTrainer:
             self._window.value_estimates[name].append(float(values[name].mean()))
             self._window.signal_rewards[name].append(float(rewards.sum()))
         piece[ADVANTAGES] = np.mean(advantages, axis=0).astype(np.float32)
-        self.update_buffer.append(piece.as_dict())
+        if opt.recurrent:  # whole sequences, the last one padded (loss-masked) at its end
+            self.update_buffer.append(pad_to_sequences(piece.as_dict(), opt.sequence_length, fill={ACTION_MASK: True}))
+        else:
+            self.update_buffer.append(piece.as_dict())
         opt.global_step += traj.length
         self._track_episode(traj)
 
@@ -144,13 +156,16 @@ class PPOTrainer:
         hp = self.settings.hyperparameters
         buffer = self.update_buffer
         adv = buffer[ADVANTAGES]
-        buffer[ADVANTAGES] = ((adv - adv.mean()) / (adv.std() + 1e-10)).astype(np.float32)
-        batch_size = hp.batch_size  # sequence_length is 1 for non-recurrent networks
+        real = buffer[LOSS_MASK] if LOSS_MASK in buffer else slice(None)  # padding stays out of the statistics
+        buffer[ADVANTAGES] = ((adv - adv[real].mean()) / (adv[real].std() + 1e-10)).astype(np.float32)
+        seq = self.optimizer.sequence_length  # 1 for non-recurrent networks
+        num_sequences = max(hp.batch_size // seq, 1)  # ML-Agents: whole sequences per minibatch
+        batch_size = num_sequences * seq
         collected: Dict[str, List[float]] = defaultdict(list)
         for _ in range(hp.num_epoch):
-            for minibatch in buffer.shuffled(self.rng).minibatches(batch_size):
+            for minibatch in buffer.shuffled(self.rng, seq).minibatches(batch_size):
                 try:
-                    stats = self.optimizer.update(minibatch, batch_size)
+                    stats = self.optimizer.update(minibatch, num_sequences)
                 except NonFiniteUpdate as err:  # extreme (finite) experience: skip, keep the weights finite
                     log.warning("skipped a minibatch: %s", err)
                     continue
@@ -187,6 +202,11 @@ class PPOTrainer:
         for name in self.optimizer.reward_signals:
             fields[returns_key(name)] = batch.returns[name]
             fields[value_estimates_key(name)] = batch.value_estimates[name]
+        if self.optimizer.recurrent:
+            fields[MEMORY] = batch.memories
+            fields[CRITIC_MEMORY] = batch.critic_memories
+        if batch.loss_masks is not None:
+            fields[LOSS_MASK] = batch.loss_masks
         stats = self.optimizer.update(AgentBuffer(fields), num_sequences)
         self.policy_version += 1
         self.latest_stats = stats
@@ -239,6 +259,12 @@ class PPOTrainer:
         self.latest_stats = {k: float(v) for k, v in dict(metadata["latest_stats"]).items()}
         self.rng.bit_generator.state = metadata["rng"]
 
-    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool, agent_id: str):
+    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
+                        agent_id: str, interrupted: bool = False):
+        """The EstimateValues RPC. Recurrent critics continue each agent's memory in a store of their
+        own, apart from the trainer's (a caller's agent ids must not disturb the training run's)."""
         piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
-        return self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id)
+        result = self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id, self._rpc_memories)
+        if interrupted and self._rpc_memories is not None:
+            self._rpc_memories.drop(agent_id)
+        return result

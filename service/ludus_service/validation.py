@@ -36,6 +36,7 @@ class StepData:
     continuous_log_probs: np.ndarray  # float32 [N, c]
     discrete_log_probs: np.ndarray  # float32 [N, b]
     action_masks: Optional[np.ndarray]  # bool [N, sum(branches)] or None
+    memories: Optional[np.ndarray] = None  # float32 [N, memory_size] (recurrent policies) or None
 
     @property
     def length(self) -> int:
@@ -57,6 +58,8 @@ class BatchData(StepData):
     advantages: np.ndarray = None  # float32 [N]
     returns: Dict[str, np.ndarray] = None  # per signal float32 [N]
     value_estimates: Dict[str, np.ndarray] = None
+    critic_memories: Optional[np.ndarray] = None  # float32 [N, memory_size] (recurrent) or None
+    loss_masks: Optional[np.ndarray] = None  # bool [N] or None (every row counts)
 
 
 def _decode(tensor: pb.Tensor, field: str, allowed: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -203,7 +206,18 @@ def _steps(msg, spec: BehaviorSpec, prefix: str, n: int) -> StepData:
     return StepData(obs, cont, disc, cont_lp, disc_lp, masks)
 
 
-def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "trajectory") -> TrajectoryData:
+def _memories(tensor: pb.Tensor, field: str, n: int, memory_size: int) -> Optional[np.ndarray]:
+    """Required [n, memory_size] for recurrent networks (memory_size > 0), absent otherwise."""
+    if memory_size:
+        if not is_set(tensor):
+            raise InvalidArgument(field, f"is required: the behaviour's networks are recurrent (memory_size {memory_size})")
+        return _float(tensor, field, (n, memory_size))
+    if is_set(tensor):
+        raise InvalidArgument(field, "must be omitted: the behaviour's networks are not recurrent (no network_settings.memory)")
+    return None
+
+
+def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "trajectory", memory_size: int = 0) -> TrajectoryData:
     if not msg.agent_id:
         raise InvalidArgument(f"{prefix}.agent_id", "must be non-empty")
     if len(msg.agent_id) > MAX_AGENT_ID:
@@ -215,6 +229,7 @@ def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "traj
     n = _length(msg.rewards, f"{prefix}.rewards")
     rewards = _float(msg.rewards, f"{prefix}.rewards", (n,))
     steps = _steps(msg, spec, prefix, n)
+    steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
     next_obs = None
     if msg.next_observations or not msg.done:
         if not msg.next_observations:
@@ -226,14 +241,23 @@ def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "traj
     )
 
 
-def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str], prefix: str = "batch") -> BatchData:
+def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str], prefix: str = "batch",
+                memory_size: int = 0) -> BatchData:
     n = _length(msg.advantages, f"{prefix}.advantages")
     advantages = _float(msg.advantages, f"{prefix}.advantages", (n,))
     steps = _steps(msg, spec, prefix, n)
+    steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
+    critic_memories = _memories(msg.critic_memories, f"{prefix}.critic_memories", n, memory_size)
+    loss_masks = None
+    if is_set(msg.loss_masks):
+        loss_masks = _decode(msg.loss_masks, f"{prefix}.loss_masks", _MASK_TYPES, (n,)).astype(bool)
+        if not loss_masks.any():
+            raise InvalidArgument(f"{prefix}.loss_masks", "masks every row: nothing to train on")
     per_signal = {}
     for key in ("returns", "value_estimates"):
         given = dict(msg.returns if key == "returns" else msg.value_estimates)
         if set(given) != set(signals):
             raise InvalidArgument(f"{prefix}.{key}", f"must have exactly the behaviour's reward signals {sorted(signals)}, got {sorted(given)}")
         per_signal[key] = {s: _float(given[s], f"{prefix}.{key}[{s}]", (n,)) for s in signals}
-    return BatchData(**vars(steps), advantages=advantages, returns=per_signal["returns"], value_estimates=per_signal["value_estimates"])
+    return BatchData(**vars(steps), advantages=advantages, returns=per_signal["returns"], value_estimates=per_signal["value_estimates"],
+                     critic_memories=critic_memories, loss_masks=loss_masks)

@@ -113,7 +113,7 @@ class BehaviorSpec(_message.Message):
     def __init__(self, observations: _Optional[_Iterable[_Union[ObservationSpec, _Mapping]]] = ..., actions: _Optional[_Union[ActionSpec, _Mapping]] = ...) -> None: ...
 
 class Trajectory(_message.Message):
-    __slots__ = ("agent_id", "policy_version", "observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "rewards", "action_masks", "done", "interrupted", "next_observations")
+    __slots__ = ("agent_id", "policy_version", "observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "rewards", "action_masks", "done", "interrupted", "next_observations", "memories")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class Trajectory(_message.Message):
     DONE_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    MEMORIES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     policy_version: int
     observations: _containers.RepeatedCompositeFieldContainer[Tensor]
@@ -138,7 +139,8 @@ class Trajectory(_message.Message):
     done: bool
     interrupted: bool
     next_observations: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, agent_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., done: _Optional[bool] = ..., interrupted: _Optional[bool] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    memories: Tensor
+    def __init__(self, agent_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., done: _Optional[bool] = ..., interrupted: _Optional[bool] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., memories: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class RegisterBehaviorRequest(_message.Message):
     __slots__ = ("behavior_name", "spec", "settings")
@@ -163,18 +165,20 @@ class RegisterBehaviorResponse(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., created: _Optional[bool] = ..., effective_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., reward_signals: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EstimateValuesRequest(_message.Message):
-    __slots__ = ("behavior_name", "agent_id", "observations", "next_observations", "done")
+    __slots__ = ("behavior_name", "agent_id", "observations", "next_observations", "done", "interrupted")
     BEHAVIOR_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     behavior_name: str
     agent_id: str
     observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     next_observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     done: bool
-    def __init__(self, behavior_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., done: _Optional[bool] = ...) -> None: ...
+    interrupted: bool
+    def __init__(self, behavior_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., done: _Optional[bool] = ..., interrupted: _Optional[bool] = ...) -> None: ...
 
 class EstimateValuesResponse(_message.Message):
     __slots__ = ("values", "bootstrap_values", "critic_memories", "policy_version")
@@ -203,7 +207,7 @@ class EstimateValuesResponse(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, Tensor]] = ..., bootstrap_values: _Optional[_Mapping[str, float]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class TrainingBatch(_message.Message):
-    __slots__ = ("observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "action_masks", "advantages", "returns", "value_estimates")
+    __slots__ = ("observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "action_masks", "advantages", "returns", "value_estimates", "memories", "critic_memories", "loss_masks")
     class ReturnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +231,9 @@ class TrainingBatch(_message.Message):
     ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     VALUE_ESTIMATES_FIELD_NUMBER: _ClassVar[int]
+    MEMORIES_FIELD_NUMBER: _ClassVar[int]
+    CRITIC_MEMORIES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_MASKS_FIELD_NUMBER: _ClassVar[int]
     observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     continuous_actions: Tensor
     discrete_actions: Tensor
@@ -236,7 +243,10 @@ class TrainingBatch(_message.Message):
     advantages: Tensor
     returns: _containers.MessageMap[str, Tensor]
     value_estimates: _containers.MessageMap[str, Tensor]
-    def __init__(self, observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., returns: _Optional[_Mapping[str, Tensor]] = ..., value_estimates: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    memories: Tensor
+    critic_memories: Tensor
+    loss_masks: Tensor
+    def __init__(self, observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., returns: _Optional[_Mapping[str, Tensor]] = ..., value_estimates: _Optional[_Mapping[str, Tensor]] = ..., memories: _Optional[_Union[Tensor, _Mapping]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., loss_masks: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class UpdateRequest(_message.Message):
     __slots__ = ("behavior_name", "batch", "num_sequences")

@@ -5,7 +5,7 @@ is a no-op. Here V_old is the critic's estimate made when the trajectory was pro
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -13,6 +13,7 @@ from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estima
 from ludus_service.errors import InvalidArgument
 from ludus_service.optimizer.torch_optimizer import TorchOptimizer
 from ludus_service.schedules import BETA_FLOOR, EPSILON_FLOOR, LEARNING_RATE_FLOOR, decayed_value
+from ludus_service.sequences import LOSS_MASK
 from ludus_service.settings import TrainerSettings, beta_schedule, epsilon_schedule
 from ludus_service.spec import BehaviorSpec
 
@@ -23,6 +24,19 @@ CONTINUOUS_LOG_PROBS = "continuous_log_probs"
 DISCRETE_LOG_PROBS = "discrete_log_probs"
 ACTION_MASK = "action_mask"
 ADVANTAGES = "advantages"
+#: Recurrent networks: the policy memory the client fed into each step, and the critic memory at
+#: the start of each step's sequence (from value estimation).
+MEMORY = "memory"
+CRITIC_MEMORY = "critic_memory"
+
+
+def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over real steps only (ML-Agents' ModelUtils.masked_mean); plain mean without a mask."""
+    if mask is None:
+        return x.mean()
+    if x.dim() > 1:
+        mask = mask.unsqueeze(-1).expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 class NonFiniteUpdate(InvalidArgument):
@@ -61,11 +75,19 @@ class PPOOptimizer(TorchOptimizer):
         lr, eps, beta = h["learning_rate"], h["epsilon"], h["beta"]
         obs = self.to_torch_obs([batch[obs_key(i)] for i in range(len(self.spec.observations))])
         masks = self.to_torch(batch[ACTION_MASK], torch.bool) if ACTION_MASK in batch else None
+        loss_mask = self.to_torch(batch[LOSS_MASK], torch.float32) if LOSS_MASK in batch else None
+        seq = self.sequence_length
+        actor_memories = critic_memories = None
+        if self.recurrent:  # each sequence replays from the memories recorded at its first step
+            actor_memories = self.to_torch(batch[MEMORY][::seq])
+            critic_memories = self.to_torch(batch[CRITIC_MEMORY][::seq])
         evaluation = self.actor.evaluate(
             obs,
             self.to_torch(batch[CONTINUOUS_ACTION]),
             self.to_torch(batch[DISCRETE_ACTION], torch.long),
             masks,
+            actor_memories,
+            seq,
         )
         log_probs = torch.cat([evaluation.continuous_log_probs, evaluation.discrete_log_probs], dim=1)
         old_log_probs = torch.cat(
@@ -74,9 +96,9 @@ class PPOOptimizer(TorchOptimizer):
         advantages = self.to_torch(batch[ADVANTAGES]).unsqueeze(-1)
         ratio = torch.exp(log_probs - old_log_probs)
         surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * advantages)
-        policy_loss = -surrogate.mean()
+        policy_loss = -masked_mean(surrogate, loss_mask)
 
-        values = self.critic(obs)
+        values = self.critic(obs, critic_memories, seq)
         value_losses = []
         for name in self.reward_signals:
             returns = self.to_torch(batch[returns_key(name)])
@@ -85,9 +107,9 @@ class PPOOptimizer(TorchOptimizer):
             if self.settings.hyperparameters.clip_value_loss:
                 clipped = old_values + torch.clamp(values[name] - old_values, -eps, eps)
                 squared_error = torch.max(squared_error, (returns - clipped) ** 2)
-            value_losses.append(squared_error.mean())
+            value_losses.append(masked_mean(squared_error, loss_mask))
         value_loss = torch.stack(value_losses).mean()
-        entropy = evaluation.entropy.mean()
+        entropy = masked_mean(evaluation.entropy, loss_mask)
         loss = policy_loss + 0.5 * value_loss - beta * entropy
 
         for group in self.adam.param_groups:

@@ -10,6 +10,7 @@ from ludus_service.buffer import AgentBuffer, obs_key
 from ludus_service.networks import Actor, Critic, ObservationEncoder
 from ludus_service.optimizer.base import Optimizer
 from ludus_service.reward_signals import RewardProvider, create_reward_provider
+from ludus_service.sequences import AgentMemories
 from ludus_service.settings import RewardSignalSettings, TrainerSettings
 from ludus_service.spec import BehaviorSpec
 
@@ -27,6 +28,14 @@ class TorchOptimizer(Optimizer):
         self.create_reward_signals(settings.reward_signals)
         self.actor = Actor(spec, net, self.encoder).to(self.device)
         self.critic = Critic(spec, net, self.encoder, list(self.reward_signals)).to(self.device)
+        #: Recurrent critics: sequence_length (1 otherwise) and each agent's critic memory between
+        #: trajectory pieces (ML-Agents' critic_memory_dict, keyed by the real agent id).
+        self.sequence_length = net.memory.sequence_length if net.memory is not None else 1
+        self.critic_memories = AgentMemories(self.critic.memory_size) if self.critic.memory_size else None
+
+    @property
+    def recurrent(self) -> bool:
+        return self.critic_memories is not None
 
     # -- seed API ---------------------------------------------------------------------------------
     def create_reward_signals(self, reward_signal_configs: Mapping[str, RewardSignalSettings]) -> None:
@@ -36,29 +45,64 @@ class TorchOptimizer(Optimizer):
 
     @torch.no_grad()
     def get_trajectory_value_estimates(
-        self, batch: AgentBuffer, next_obs: Optional[Sequence[np.ndarray]], done: bool, agent_id: str = ""
+        self, batch: AgentBuffer, next_obs: Optional[Sequence[np.ndarray]], done: bool, agent_id: str = "",
+        memories: Optional[AgentMemories] = None,
     ) -> Tuple[Dict[str, np.ndarray], Dict[str, float], Optional[np.ndarray]]:
         """Critic values of every step per signal, the bootstrap value of `next_obs` per signal, and
-        critic memories (None: recurrent critics are not implemented yet).
+        for recurrent critics the memory at the start of each step's sequence [T, memory_size].
 
-        Trajectory and next observation are evaluated in one forward pass. With `done`, signals that
-        respect episode ends bootstrap from 0.
+        Trajectory and next observation are evaluated in one pass (for recurrent critics: one pass
+        per sequence, continuing the agent's memory from its previous piece, from `memories` or the
+        optimizer's own store). With `done`, signals that respect episode ends bootstrap from 0, and
+        the agent's critic memory is dropped.
         """
         obs = [batch[obs_key(i)] for i in range(len(self.spec.observations))]
         length = len(obs[0])
         if next_obs is not None:
             obs = [np.concatenate([o, n[None]], axis=0) for o, n in zip(obs, next_obs)]
-        values = self.critic(self.to_torch_obs(obs))
+        critic_memories = None
+        if self.recurrent:
+            store = memories if memories is not None else self.critic_memories  # (an empty store is falsy)
+            values, critic_memories = self._recurrent_values(obs, length, agent_id, done, store)
+        else:
+            values = {k: v.float().cpu().numpy() for k, v in self.critic(self.to_torch_obs(obs)).items()}
         value_estimates: Dict[str, np.ndarray] = {}
         bootstrap: Dict[str, float] = {}
         for name, provider in self.reward_signals.items():
-            v = values[name].float().cpu().numpy()
+            v = values[name]
             value_estimates[name] = v[:length]
             if done and provider.respects_done:
                 bootstrap[name] = 0.0
             else:
                 bootstrap[name] = float(v[length]) if next_obs is not None else float(v[length - 1])
-        return value_estimates, bootstrap, None
+        return value_estimates, bootstrap, critic_memories
+
+    def _recurrent_values(self, obs: List[np.ndarray], length: int, agent_id: str, done: bool,
+                          store: AgentMemories) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+        """Sequence by sequence from the agent's stored memory, then (if `obs` holds one more row,
+        next_obs) that row from the memory after the last step. The memory after the last step is
+        stored for the agent's next piece, or dropped when done."""
+        seq = self.sequence_length
+        memory = torch.as_tensor(store.get(agent_id), device=self.device)[None]
+        starts = np.zeros((length, memory.shape[1]), dtype=np.float32)
+        parts: Dict[str, List[np.ndarray]] = {name: [] for name in self.reward_signals}
+        pieces = [(start, min(start + seq, length)) for start in range(0, length, seq)]
+        after_last = memory
+        if len(obs[0]) > length:
+            pieces.append((length, length + 1))  # next_obs continues from the last step's memory
+        for start, end in pieces:
+            if start < length:
+                starts[start:end] = memory[0].cpu().numpy()
+            values, memory = self.critic.forward_with_memory(self.to_torch_obs([o[start:end] for o in obs]), memory, end - start)
+            for name, v in values.items():
+                parts[name].append(v.float().cpu().numpy())
+            if end == length:
+                after_last = memory
+        if done:
+            store.drop(agent_id)
+        else:
+            store.set(agent_id, after_last[0].cpu().numpy())
+        return {name: np.concatenate(p) for name, p in parts.items()}, starts
 
     # -- helpers ----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,201 @@
+"""Small Gymnasium envs of our own for learning tests: deterministic under a seed, fast, no Unity.
+
+- `GoalSeek1D(action_type)`: walk along [-1, 1] to a goal. action_type "continuous" (Box(-1, 1):
+  x += 0.2 a), "discrete" (Discrete(3): left / stay / right by 0.2) or "hybrid" (Tuple(Discrete(3)
+  direction, Box(0, 0.2) step size)). Observation [x, g].
+- `DictObsGoal`: the same task with a Dict observation {"position", "goal"} and a MultiDiscrete([3, 2],
+  start=[-1, 0]) action: the first branch is the direction (-1, 0, +1), the second does nothing.
+- `MaskedChoice`: Discrete(4); the observation is the one-hot of the good action; every step
+  info["action_mask"] allows a random subset that always holds the good action. +1 for the good
+  action, -1 for another allowed one; taking a masked action is counted and (by default) raises.
+
+- `CueRecall`: memory. A cue (-1 or +1) is shown at the first step only; after `delay` blank steps
+  the agent must answer with the cue's side (Discrete(2)): +1 right, -1 wrong, then the episode ends.
+  Only a policy with memory beats chance (mean return 0).
+
+GoalSeek rewards: -0.1 |x - g| every step (shaping), +1 and termination when |x - g| < 0.1,
+truncation after 30 steps; info["is_success"] at the end of an episode. Any policy that keeps
+moving towards the goal reaches it (a step never jumps over the 0.2-wide goal zone).
+
+`register_envs()` registers them as "ludus-tests/GoalSeek1D-v0" (kwarg action_type),
+"ludus-tests/DictObsGoal-v0" and "ludus-tests/MaskedChoice-v0".
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+GOAL_RADIUS = 0.1
+STEP = 0.2
+MAX_STEPS = 30
+
+
+class _GoalSeekBase(gym.Env):
+    """x and goal g in [-1, 1], at least 0.3 apart at reset."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, max_steps: int = MAX_STEPS) -> None:
+        self.max_steps = max_steps
+        self.x = 0.0
+        self.goal = 0.0
+        self.t = 0
+
+    def _observe(self) -> Any:
+        raise NotImplementedError
+
+    def _delta(self, action: Any) -> float:
+        raise NotImplementedError
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, Any]]:
+        super().reset(seed=seed)
+        self.x, self.goal = (float(v) for v in self.np_random.uniform(-1.0, 1.0, size=2))
+        while abs(self.x - self.goal) < 0.3:
+            self.goal = float(self.np_random.uniform(-1.0, 1.0))
+        self.t = 0
+        return self._observe(), {}
+
+    def step(self, action: Any):
+        self.x = float(np.clip(self.x + self._delta(action), -1.0, 1.0))
+        self.t += 1
+        distance = abs(self.x - self.goal)
+        reached = distance < GOAL_RADIUS
+        reward = -0.1 * distance + (1.0 if reached else 0.0)
+        truncated = not reached and self.t >= self.max_steps
+        info = {"is_success": reached} if reached or truncated else {}
+        return self._observe(), reward, reached, truncated, info
+
+
+class GoalSeek1D(_GoalSeekBase):
+    ACTION_TYPES = ("continuous", "discrete", "hybrid")
+
+    def __init__(self, action_type: str = "continuous", max_steps: int = MAX_STEPS) -> None:
+        super().__init__(max_steps)
+        if action_type not in self.ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {self.ACTION_TYPES}, got {action_type!r}")
+        self.action_type = action_type
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        if action_type == "continuous":
+            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        elif action_type == "discrete":
+            self.action_space = spaces.Discrete(3)  # 0 left, 1 stay, 2 right
+        else:
+            self.action_space = spaces.Tuple((spaces.Discrete(3), spaces.Box(0.0, STEP, (1,), np.float32)))
+
+    def _observe(self) -> np.ndarray:
+        return np.array([self.x, self.goal], np.float32)
+
+    def _delta(self, action: Any) -> float:
+        if self.action_type == "continuous":
+            return STEP * float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
+        if self.action_type == "discrete":
+            return STEP * (int(action) - 1)
+        direction, size = action
+        return (int(direction) - 1) * float(np.clip(np.asarray(size).reshape(-1)[0], 0.0, STEP))
+
+
+class DictObsGoal(_GoalSeekBase):
+    def __init__(self, max_steps: int = MAX_STEPS) -> None:
+        super().__init__(max_steps)
+        self.observation_space = spaces.Dict({"position": spaces.Box(-1.0, 1.0, (1,), np.float32),
+                                              "goal": spaces.Box(-1.0, 1.0, (1,), np.float32)})
+        self.action_space = spaces.MultiDiscrete([3, 2], start=[-1, 0])  # direction -1/0/+1, and a no-op choice
+
+    def _observe(self) -> Dict[str, np.ndarray]:
+        return {"position": np.array([self.x], np.float32), "goal": np.array([self.goal], np.float32)}
+
+    def _delta(self, action: Any) -> float:
+        direction, noop = (int(a) for a in np.asarray(action).reshape(-1))
+        assert direction in (-1, 0, 1) and noop in (0, 1), action
+        return STEP * direction
+
+
+class MaskedActionTaken(RuntimeError):
+    pass
+
+
+class MaskedChoice(gym.Env):
+    """Contextual bandit with action masks; 10 steps per episode (truncated: time is not observed)."""
+
+    metadata = {"render_modes": []}
+    N = 4
+    #: Masked actions taken by every instance since the last `reset_counter()`.
+    masked_actions_taken = 0
+
+    def __init__(self, episode_length: int = 10, raise_on_masked: bool = True) -> None:
+        self.episode_length = episode_length
+        self.raise_on_masked = raise_on_masked
+        self.observation_space = spaces.Box(0.0, 1.0, (self.N,), np.float32)
+        self.action_space = spaces.Discrete(self.N)
+        self.good = 0
+        self.mask = np.ones(self.N, np.int8)
+        self.t = 0
+
+    @classmethod
+    def reset_counter(cls) -> None:
+        cls.masked_actions_taken = 0
+
+    def _draw(self) -> Tuple[np.ndarray, Dict[str, Any]]:
+        self.good = int(self.np_random.integers(self.N))
+        self.mask = (self.np_random.random(self.N) < 0.5).astype(np.int8)  # Gymnasium's convention: int8, 1 = allowed
+        self.mask[self.good] = 1
+        obs = np.zeros(self.N, np.float32)
+        obs[self.good] = 1.0
+        return obs, {"action_mask": self.mask.copy()}
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw()
+
+    def step(self, action: Any):
+        action = int(action)
+        if not self.mask[action]:
+            MaskedChoice.masked_actions_taken += 1
+            if self.raise_on_masked:
+                raise MaskedActionTaken(f"action {action} is masked (mask {self.mask.tolist()})")
+        reward = 1.0 if action == self.good else -1.0
+        self.t += 1
+        obs, info = self._draw()
+        return obs, reward, False, self.t >= self.episode_length, info
+
+
+class CueRecall(gym.Env):
+    """Observation [cue, answer_now]: cue is +-1 at t = 0 and 0 afterwards; answer_now is 1 at the
+    answering step. Actions before the answer are ignored."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, delay: int = 3) -> None:
+        self.delay = delay
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.cue = 1
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.cue if self.t == 0 else 0.0, 1.0 if self.t == self.delay else 0.0], np.float32)
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        self.cue = 1 if self.np_random.random() < 0.5 else -1
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        if self.t < self.delay:
+            self.t += 1
+            return self._obs(), 0.0, False, False, {}
+        right = int(action) == (1 if self.cue > 0 else 0)
+        return self._obs(), 1.0 if right else -1.0, True, False, {"is_success": right}
+
+
+def register_envs() -> None:
+    """Register the envs with Gymnasium (idempotent)."""
+    for env_id, entry_point in (("ludus-tests/GoalSeek1D-v0", GoalSeek1D), ("ludus-tests/DictObsGoal-v0", DictObsGoal),
+                                ("ludus-tests/MaskedChoice-v0", MaskedChoice), ("ludus-tests/CueRecall-v0", CueRecall)):
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=entry_point)  # no max_episode_steps: the envs truncate themselves
