@@ -9,6 +9,8 @@
   info["action_mask"] allows a random subset that always holds the good action. +1 for the good
   action, -1 for another allowed one; taking a masked action is counted and (by default) raises.
 
+- `GoalEnv1D`: GoalSeek1D (discrete) with Gymnasium-Robotics' GoalEnv Dict observation; the desired
+  goal is a goal signal for hyper-network conditioning.
 - `CueRecall`: memory. A cue (-1 or +1) is shown at the first step only; after `delay` blank steps
   the agent must answer with the cue's side (Discrete(2)): +1 right, -1 wrong, then the episode ends.
   Only a policy with memory beats chance (mean return 0).
@@ -113,6 +115,24 @@ class DictObsGoal(_GoalSeekBase):
         return STEP * direction
 
 
+class GoalEnv1D(_GoalSeekBase):
+    """The GoalSeek task in Gymnasium-Robotics' GoalEnv layout: {"observation", "achieved_goal",
+    "desired_goal"}; ludus-gym marks desired_goal as a GOAL_SIGNAL observation."""
+
+    def __init__(self, max_steps: int = MAX_STEPS) -> None:
+        super().__init__(max_steps)
+        box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.observation_space = spaces.Dict({"observation": box, "achieved_goal": box, "desired_goal": box})
+        self.action_space = spaces.Discrete(3)
+
+    def _observe(self) -> Dict[str, np.ndarray]:
+        x = np.array([self.x], np.float32)
+        return {"observation": x, "achieved_goal": x.copy(), "desired_goal": np.array([self.goal], np.float32)}
+
+    def _delta(self, action: Any) -> float:
+        return STEP * (int(action) - 1)
+
+
 class MaskedActionTaken(RuntimeError):
     pass
 
@@ -196,6 +216,7 @@ class CueRecall(gym.Env):
 def register_envs() -> None:
     """Register the envs with Gymnasium (idempotent)."""
     for env_id, entry_point in (("ludus-tests/GoalSeek1D-v0", GoalSeek1D), ("ludus-tests/DictObsGoal-v0", DictObsGoal),
-                                ("ludus-tests/MaskedChoice-v0", MaskedChoice), ("ludus-tests/CueRecall-v0", CueRecall)):
+                                ("ludus-tests/MaskedChoice-v0", MaskedChoice), ("ludus-tests/CueRecall-v0", CueRecall),
+                                ("ludus-tests/GoalEnv1D-v0", GoalEnv1D)):
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry_point)  # no max_episode_steps: the envs truncate themselves

@@ -481,7 +481,8 @@ SPEC_CASES = [
     ("visual-too-small", _spec([ObservationSpec("cam", (3, 8, 8), pb.OBSERVATION_KIND_VISUAL)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
     ("visual-rank-2", _spec([ObservationSpec("cam", (8, 8), pb.OBSERVATION_KIND_VISUAL)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
     ("vector-rank-3", _spec([ObservationSpec("obs", (3, 8, 8), pb.OBSERVATION_KIND_VECTOR)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
-    ("entities", _spec([ObservationSpec("things", (8, 4), pb.OBSERVATION_KIND_ENTITIES)], branches=[3]), grpc.StatusCode.UNIMPLEMENTED, "spec.observations[0].kind"),
+    ("entities-rank-1", _spec([ObservationSpec("things", (8,), pb.OBSERVATION_KIND_ENTITIES)], branches=[3]), grpc.StatusCode.INVALID_ARGUMENT, "spec.observations[0].shape"),
+    ("visual-goal", _spec([ObservationSpec("cam", (3, 20, 20), pb.OBSERVATION_KIND_VISUAL, pb.OBSERVATION_TYPE_GOAL_SIGNAL)], branches=[3]), grpc.StatusCode.UNIMPLEMENTED, "spec.observations[0].observation_type"),
 ]
 
 

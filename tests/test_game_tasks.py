@@ -575,3 +575,31 @@ def test_only_a_recurrent_policy_learns_to_recall_a_cue(server):
     assert result.mean_return >= 0.8, result.mean_return
     assert flat.success_rate <= 0.65, flat  # chance is 0.5
     assert flat_result.mean_return <= 0.3, flat_result.mean_return
+
+
+GOAL_ENV = "ludus-tests/GoalEnv1D-v0"
+
+
+def test_desired_goal_of_a_goal_env_is_a_goal_signal():
+    from game_envs import GoalEnv1D
+
+    env = GoalEnv1D()
+    spec = spec_from_spaces(env.observation_space, env.action_space)
+    kinds = {o.name: o.observation_type for o in spec.observations}
+    assert kinds == {"achieved_goal": pb.OBSERVATION_TYPE_DEFAULT, "desired_goal": pb.OBSERVATION_TYPE_GOAL_SIGNAL,
+                     "observation": pb.OBSERVATION_TYPE_DEFAULT}
+
+
+@pytest.mark.learning
+def test_goal_env_learns_with_hyper_network_goal_conditioning(server):
+    baseline = random_score(GOAL_ENV)
+    settings = ppo_settings()
+    settings["network_settings"]["goal_conditioning_type"] = "hyper"
+    result, policy = train(server, GOAL_ENV, "GoalEnv1D-hyper", 8_192, settings)
+    assert "goal_layer" in policy.architecture  # the body's last layer is a hyper-network of the goal
+    greedy = greedy_score(policy, GOAL_ENV)
+    print(f"goal env (hyper): steps={result.env_steps} seconds={result.seconds:.1f} last-50 return={result.mean_return:.2f} "
+          f"greedy return={greedy.mean_return:.2f} success={greedy.success_rate:.2f} "
+          f"| random return={baseline.mean_return:.2f} success={baseline.success_rate:.2f}")
+    assert greedy.success_rate >= 0.95, greedy
+    assert greedy.mean_return >= baseline.mean_return + GREEDY_MARGIN, (greedy, baseline)

@@ -158,13 +158,25 @@ def _observation_leaf(path: _Path, space: gym.Space) -> _ObsLeaf:
                      f"MultiBinary, and Dict/Tuple of them)")
 
 
+#: Gymnasium-Robotics' GoalEnv convention: Dict observations {"observation", "achieved_goal",
+#: "desired_goal"}. The desired goal becomes a GOAL_SIGNAL observation (goal_conditioning_type).
+GOAL_KEY = "desired_goal"
+
+
+def _goal_leaf(leaf: _ObsLeaf) -> _ObsLeaf:
+    if leaf.path and leaf.path[-1] == GOAL_KEY and leaf.spec.kind == pb.OBSERVATION_KIND_VECTOR:
+        spec = leaf.spec
+        return _ObsLeaf(leaf.path, ObservationSpec(spec.name, spec.shape, spec.kind, pb.OBSERVATION_TYPE_GOAL_SIGNAL), leaf.convert)
+    return leaf
+
+
 class ObservationAdapter:
     """A Gymnasium observation (batched from a vector env, or one env's) -> the policy's inputs:
     float32 arrays in spec order (see the rules above `_space_leaves`)."""
 
     def __init__(self, space: gym.Space) -> None:
         self.space = space
-        self.leaves = [_observation_leaf(path, leaf) for path, leaf in _space_leaves(space)]
+        self.leaves = [_goal_leaf(_observation_leaf(path, leaf)) for path, leaf in _space_leaves(space)]
         if not self.leaves:
             raise ValueError(f"observation space {space} has no observations")
         self.specs: Tuple[ObservationSpec, ...] = tuple(leaf.spec for leaf in self.leaves)

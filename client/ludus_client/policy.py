@@ -19,6 +19,7 @@ import numpy as np
 from safetensors.numpy import load as safetensors_load
 
 from ludus_client.numpy_encoders import visual_encoder_forward
+from ludus_client.numpy_entities import entity_encoder_forward, hyper_linear_forward
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -110,28 +111,36 @@ class LocalPolicy:
         return cls(safetensors_load(data), json.loads(meta["ludus.architecture"]), int(meta["ludus.version"]), meta.get("ludus.behavior", ""))
 
     def _features(self, observations: Sequence[np.ndarray]) -> np.ndarray:
-        """What the service's ObservationFeatures computes: [normalised vectors, visual encodings...]."""
+        """What the service's ObservationFeatures computes: [normalised vectors, visual encodings...,
+        entity encodings...]."""
         arch = self.architecture
         vector_indices = arch.get("vector_observations", list(range(len(observations))))
-        parts = []
+        batch = len(observations[0])
+        x = np.zeros((batch, 0), np.float32)
         if vector_indices:
             flat = [np.asarray(observations[i], dtype=np.float32).reshape(len(observations[i]), -1) for i in vector_indices]
             x = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
             if arch["normalize"]:
                 x = (x - self.tensors["normalizer.mean"]) / np.sqrt(self.tensors["normalizer.var"] + arch["normalize_epsilon"])
                 x = np.clip(x, -arch["normalize_clamp"], arch["normalize_clamp"])
-            parts.append(x)
+        parts = [x] if vector_indices else []
         for description in arch.get("visual_encoders", []):
             image = np.asarray(observations[description["observation"]])
             # uint8 frames are pixels: scaled like the service scales uint8 visual observations.
             image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32, copy=False)
             parts.append(visual_encoder_forward(description, self.tensors, image))
+        for description in arch.get("entity_encoders", []):
+            parts.append(entity_encoder_forward(description, self.tensors, observations[description["observation"]], x))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _hidden(self, observations: Sequence[np.ndarray]) -> np.ndarray:
         x = self._features(observations)
         for weight, bias in self._layers:
             x = self._act(x @ weight + bias)
+        goal_layer = self.architecture.get("goal_layer")
+        if goal_layer is not None:
+            goals = [np.asarray(observations[i], dtype=np.float32).reshape(len(x), -1) for i in self.architecture["goal_observations"]]
+            x = self._act(hyper_linear_forward(goal_layer, self.tensors, x, np.concatenate(goals, axis=1)))
         return x
 
     def act(

@@ -4,7 +4,11 @@
   when `network_settings.normalize` (ML-Agents normalises vector observations only).
 - ObservationFeatures (one per network, like ML-Agents' separate actor/critic bodies): the shared
   vector part plus the network's own visual encoder (`vis_encode_type`, output `hidden_units`) for
-  every visual observation, concatenated: [vectors, visual_0, visual_1, ...].
+  every visual observation and entity encoder (ludus_service.entities, conditioned on the vector
+  part) for every ENTITIES observation, concatenated: [vectors, visual_0, ..., entities_0, ...].
+- Goal conditioning: with `goal_conditioning_type: hyper`, GOAL_SIGNAL observations are not
+  features; the body's last layer is a HyperLinear of them (ludus_service.goals). With "none" they
+  are ordinary vector observations.
 - MLP body: `num_layers` x `hidden_units` with the configured activation (swish by default).
 - Actor: a Gaussian for the continuous block (state-independent log-std) and one categorical per
   discrete branch, with action masks; log-probabilities are returned per action dimension
@@ -26,6 +30,8 @@ from torch import nn
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus_service.encoders import make_visual_encoder
+from ludus_service.entities import EntityEncoder
+from ludus_service.goals import HyperLinear
 from ludus_service.normalizer import RunningNormalizer
 from ludus_service.settings import NetworkSettings
 from ludus_service.spec import BehaviorSpec
@@ -43,17 +49,29 @@ def _init_linear(layer: nn.Linear, gain: float) -> nn.Linear:
 
 class ObservationEncoder(nn.Module):
     """Flattens and concatenates the vector observations, normalising them when asked to. Holds the
-    running normaliser, which actor and critic share (statistics, not trained weights)."""
+    running normaliser, which actor and critic share (statistics, not trained weights), and knows
+    which observations are images, entity sets and (for hyper conditioning) goals."""
 
-    def __init__(self, spec: BehaviorSpec, normalize: bool) -> None:
+    def __init__(self, spec: BehaviorSpec, normalize: bool, goal_conditioning_type: str = "none") -> None:
         super().__init__()
-        self.vector_indices = [i for i, o in enumerate(spec.observations) if o.kind != pb.OBSERVATION_KIND_VISUAL]
-        self.visual_indices = [i for i, o in enumerate(spec.observations) if o.kind == pb.OBSERVATION_KIND_VISUAL]
-        self.sizes = [int(np.prod(spec.observations[i].shape)) for i in self.vector_indices]
+        observations = spec.observations
+        self.goal_indices = [i for i, o in enumerate(observations)
+                             if o.observation_type == pb.OBSERVATION_TYPE_GOAL_SIGNAL and goal_conditioning_type == "hyper"]
+        self.vector_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_VECTOR and i not in self.goal_indices]
+        self.visual_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_VISUAL]
+        self.entity_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_ENTITIES]
+        self.sizes = [int(np.prod(observations[i].shape)) for i in self.vector_indices]
         self.output_size = sum(self.sizes)
+        self.goal_size = sum(int(np.prod(observations[i].shape)) for i in self.goal_indices)
         self.normalizer: Optional[RunningNormalizer] = (
             RunningNormalizer(self.output_size) if normalize and self.output_size else None
         )
+
+    def goals(self, observations: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        """[N, goal_size] for hyper conditioning, None without goals."""
+        if not self.goal_indices:
+            return None
+        return torch.cat([observations[i].reshape(observations[i].shape[0], -1).float() for i in self.goal_indices], dim=1)
 
     def concat(self, observations: Sequence[torch.Tensor]) -> torch.Tensor:
         """[N, sum of vector sizes] (an empty [N, 0] when there are only visual observations)."""
@@ -69,39 +87,52 @@ class ObservationEncoder(nn.Module):
 
 class ObservationFeatures(nn.Module):
     """The input of one network: the shared vector part (computed by the ObservationEncoder, which
-    is not a submodule here, so its normaliser is stored once) + this network's own visual encoders."""
+    is not a submodule here, so its normaliser is stored once) + this network's own visual and
+    entity encoders."""
 
     def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
         super().__init__()
         self.vector_size = encoder.output_size
         self.visual_indices = list(encoder.visual_indices)
+        self.entity_indices = list(encoder.entity_indices)
         self.visual_encoders = nn.ModuleList(
             make_visual_encoder(settings.vis_encode_type, spec.observations[i].shape, settings.hidden_units)
             for i in self.visual_indices
         )
-        self.output_size = self.vector_size + sum(e.output_size for e in self.visual_encoders)
+        self.entity_encoders = nn.ModuleList(
+            EntityEncoder(spec.observations[i].shape[1], spec.observations[i].shape[0], self.vector_size)
+            for i in self.entity_indices
+        )
+        self.output_size = (self.vector_size + sum(e.output_size for e in self.visual_encoders)
+                            + sum(e.output_size for e in self.entity_encoders))
 
     def forward(self, observations: Sequence[torch.Tensor], vectors: torch.Tensor) -> torch.Tensor:
         parts = [vectors] if self.vector_size else []
         for index, visual in zip(self.visual_indices, self.visual_encoders):
             parts.append(visual(observations[index].float()))
+        for index, entities in zip(self.entity_indices, self.entity_encoders):
+            parts.append(entities(observations[index].float(), vectors))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def export(self) -> Tuple[Dict[str, np.ndarray], List[dict]]:
-        """Visual encoder weights and descriptions (observation index included) for the SDK."""
+    def export(self) -> Tuple[Dict[str, np.ndarray], List[dict], List[dict]]:
+        """Visual and entity encoder weights and descriptions (observation index included) for the SDK."""
         tensors: Dict[str, np.ndarray] = {}
-        described = []
+        visual_described, entity_described = [], []
         for k, (index, visual) in enumerate(zip(self.visual_indices, self.visual_encoders)):
             weights, description = visual.export(f"visual.{k}")
             tensors.update(weights)
-            described.append({"observation": index, **description})
-        return tensors, described
+            visual_described.append({"observation": index, **description})
+        for k, (index, entities) in enumerate(zip(self.entity_indices, self.entity_encoders)):
+            weights, description = entities.export(f"entities.{k}")
+            tensors.update(weights)
+            entity_described.append({"observation": index, **description})
+        return tensors, visual_described, entity_described
 
 
-def mlp(in_size: int, settings: NetworkSettings) -> Tuple[nn.Sequential, int]:
+def mlp(in_size: int, settings: NetworkSettings, num_layers: Optional[int] = None) -> Tuple[nn.Sequential, int]:
     layers: List[nn.Module] = []
     size = in_size
-    for _ in range(settings.num_layers):
+    for _ in range(settings.num_layers if num_layers is None else num_layers):
         layers += [_init_linear(nn.Linear(size, settings.hidden_units), math.sqrt(2)), _ACTIVATIONS[settings.activation]()]
         size = settings.hidden_units
     return nn.Sequential(*layers), size
@@ -129,6 +160,16 @@ class Memory(nn.Module):
     def export(self, prefix: str) -> Dict[str, np.ndarray]:
         return {f"{prefix}.{name}": value.detach().cpu().numpy() for name, value in self.lstm.named_parameters()
                 if name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")}
+
+
+def body_layers(in_size: int, settings: NetworkSettings, goal_size: int) -> Tuple[nn.Sequential, Optional[HyperLinear], int]:
+    """The MLP body; with goals (hyper conditioning) its last layer is a HyperLinear of the goal.
+    Without layers (num_layers 0) there is nothing to condition: goals are then ignored."""
+    if not goal_size or settings.num_layers == 0:
+        body, size = mlp(in_size, settings)
+        return body, None, size
+    body, size = mlp(in_size, settings, settings.num_layers - 1)
+    return body, HyperLinear(size, settings.hidden_units, goal_size, settings.hidden_units), settings.hidden_units
 
 
 def recurrent_layer(input_size: int, settings: NetworkSettings) -> Tuple[Optional[Memory], int]:
@@ -159,7 +200,8 @@ class Actor(nn.Module):
         self.settings = settings
         self.encoder = encoder
         self.features = ObservationFeatures(spec, settings, encoder)
-        self.body, hidden = mlp(self.features.output_size, settings)
+        self.body, self.goal_layer, hidden = body_layers(self.features.output_size, settings, encoder.goal_size)
+        self.activation = _ACTIVATIONS[settings.activation]()
         self.memory, hidden = recurrent_layer(hidden, settings)
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
@@ -174,6 +216,8 @@ class Actor(nn.Module):
 
     def _hidden(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor], sequence_length: int) -> torch.Tensor:
         hidden = self.body(self.features(observations, self.encoder(observations)))
+        if self.goal_layer is not None:
+            hidden = self.activation(self.goal_layer(hidden, self.encoder.goals(observations)))
         if self.memory is not None:
             hidden, _ = self.memory(hidden, memories, sequence_length)
         return hidden
@@ -237,11 +281,15 @@ class Actor(nn.Module):
         for i, head in enumerate(self.branch_heads):
             tensors[f"discrete.{i}.weight"] = head.weight.detach().cpu().numpy()
             tensors[f"discrete.{i}.bias"] = head.bias.detach().cpu().numpy()
-        visual_tensors, visual = self.features.export()
-        tensors.update(visual_tensors)
+        feature_tensors, visual, entities = self.features.export()
+        tensors.update(feature_tensors)
+        goal_layer = None
+        if self.goal_layer is not None:
+            goal_tensors, goal_layer = self.goal_layer.export("goal_layer")
+            tensors.update(goal_tensors)
         architecture = {
             # v1 readers know vector observations only; a policy with visual encoders needs a v2 reader.
-            "format": "ludus.actor.v2" if visual or self.memory is not None else "ludus.mlp_actor.v1",
+            "format": "ludus.actor.v2" if visual or entities or goal_layer or self.memory is not None else "ludus.mlp_actor.v1",
             "observation_sizes": self.encoder.sizes,
             "vector_observations": self.encoder.vector_indices,
             "observation_shapes": [list(o.shape) for o in self.spec.observations],
@@ -256,6 +304,11 @@ class Actor(nn.Module):
         }
         if visual:
             architecture["visual_encoders"] = visual
+        if entities:
+            architecture["entity_encoders"] = entities
+        if goal_layer is not None:
+            architecture["goal_layer"] = goal_layer
+            architecture["goal_observations"] = self.encoder.goal_indices
         if self.memory is not None:
             architecture["memory_size"] = self.memory.memory_size
         # Copies: .numpy() of a CPU parameter shares its memory, and Adam updates parameters in place,
@@ -270,7 +323,8 @@ class Critic(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.features = ObservationFeatures(spec, settings, encoder)
-        self.body, hidden = mlp(self.features.output_size, settings)
+        self.body, self.goal_layer, hidden = body_layers(self.features.output_size, settings, encoder.goal_size)
+        self.activation = _ACTIVATIONS[settings.activation]()
         self.memory, hidden = recurrent_layer(hidden, settings)
         self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(hidden, 1), 1.0) for name in signals})
 
@@ -286,6 +340,8 @@ class Critic(nn.Module):
                             sequence_length: int = 1) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
         """Values per signal, and for recurrent critics the memories after each sequence [S, memory_size]."""
         hidden = self.body(self.features(observations, self.encoder(observations)))
+        if self.goal_layer is not None:
+            hidden = self.activation(self.goal_layer(hidden, self.encoder.goals(observations)))
         final = None
         if self.memory is not None:
             hidden, final = self.memory(hidden, memories, sequence_length)

@@ -53,14 +53,14 @@ def parse_spec(msg: pb.BehaviorSpec) -> BehaviorSpec:
         path = f"spec.observations[{i}]"
         if obs.kind == pb.OBSERVATION_KIND_UNSPECIFIED:
             raise InvalidArgument(f"{path}.kind", f"cannot infer the kind of a rank-{len(obs.shape)} observation; set kind")
-        if obs.kind == pb.OBSERVATION_KIND_ENTITIES:
-            raise Unimplemented(f"{path}.kind", "ENTITIES observations are not implemented yet (VECTOR and VISUAL are)")
+        if obs.kind == pb.OBSERVATION_KIND_ENTITIES and len(obs.shape) != 2:
+            raise InvalidArgument(f"{path}.shape", f"an ENTITIES observation is [max_entities, entity_size], got shape {list(obs.shape)}")
         if obs.kind == pb.OBSERVATION_KIND_VECTOR and len(obs.shape) != 1:
             raise InvalidArgument(f"{path}.shape", f"a VECTOR observation has rank 1, got shape {list(obs.shape)}")
         if obs.kind == pb.OBSERVATION_KIND_VISUAL and len(obs.shape) != 3:
             raise InvalidArgument(f"{path}.shape", f"a VISUAL observation is [channels, height, width], got shape {list(obs.shape)}")
-        if obs.observation_type == pb.OBSERVATION_TYPE_GOAL_SIGNAL:
-            raise Unimplemented(f"{path}.observation_type", "goal-conditioned observations are not implemented yet")
+        if obs.observation_type == pb.OBSERVATION_TYPE_GOAL_SIGNAL and obs.kind != pb.OBSERVATION_KIND_VECTOR:
+            raise Unimplemented(f"{path}.observation_type", "goal signals must be VECTOR observations (visual and entity goals are not implemented)")
     actions = spec.actions
     if actions.continuous_size < 0 or actions.continuous_size > MAX_ACTIONS:
         raise InvalidArgument("spec.actions.continuous_size", f"must be in [0, {MAX_ACTIONS}], got {actions.continuous_size}")

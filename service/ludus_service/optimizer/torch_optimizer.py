@@ -23,7 +23,7 @@ class TorchOptimizer(Optimizer):
         #: Environment steps trained on so far; drives the linear schedules.
         self.global_step = 0
         net = settings.network_settings
-        self.encoder = ObservationEncoder(spec, net.normalize).to(self.device)
+        self.encoder = ObservationEncoder(spec, net.normalize, net.goal_conditioning_type).to(self.device)
         self.reward_signals: Dict[str, RewardProvider] = {}
         self.create_reward_signals(settings.reward_signals)
         self.actor = Actor(spec, net, self.encoder).to(self.device)
