@@ -138,6 +138,21 @@ class Recorder:
 
     def note(self, section: str, text: str) -> None:
         self.notes.setdefault(section, []).append(text)
+        (self.out_dir / "notes.json").write_text(json.dumps(self.notes, indent=1))
+
+    @classmethod
+    def load(cls, out_dir: Path, section_notes: Dict[str, List[str]]) -> "Recorder":
+        """A finished run's records, curves and notes, to write its report again (--report-only).
+        Runs from before notes.json existed get each section's static notes."""
+        records = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+        rec = cls.__new__(cls)
+        rec.out_dir, rec.path = out_dir, out_dir / "results.jsonl"
+        rec.mode = records[0]["mode"] if records else "short"
+        rec.records = records
+        notes_path, curves_path = out_dir / "notes.json", out_dir / "curves.json"
+        rec.notes = json.loads(notes_path.read_text()) if notes_path.exists() else {k: list(v) for k, v in section_notes.items()}
+        rec.side = json.loads(curves_path.read_text()) if curves_path.exists() else {}
+        return rec
 
     def section_records(self, section: str) -> List[Dict[str, Any]]:
         return [r for r in self.records if r["section"] == section]

@@ -205,6 +205,17 @@ def _drain(address: str, behavior: str, timeout: float = 300.0) -> Tuple[float, 
             time.sleep(0.02)
 
 
+#: Notes printed under the section in the report.
+NOTES = [
+    "Messages of 64 steps, pre-serialised by the clients; client processes started together. "
+     "'ludus': the behaviour runs with inference: true (value estimation and updates off; every "
+     "message still decoded, validated in full, counted, acknowledged). 'ludus_training': a "
+     "training behaviour (value estimation on, buffer_size 10**9 so no update runs).",
+    "img84x84x3_uint8: one VISUAL observation of uint8 frames (3x84x84, channels-first), the "
+     "same payload bytes on every side; the training behaviour runs the 'simple' CNN critic.",
+]
+
+
 def plan(mode: str) -> Dict[str, Any]:
     if mode == "smoke":
         return {"sizes": ["vec8"], "clients": [2], "duration": 0.5, "targets": ["sink", "ludus"]}
@@ -216,12 +227,8 @@ def plan(mode: str) -> Dict[str, Any]:
 
 def run_section(rec: Recorder, mode: str) -> None:
     p = plan(mode)
-    rec.note("ingestion", "Messages of 64 steps, pre-serialised by the clients; client processes started together. "
-                          "'ludus': the behaviour runs with inference: true (value estimation and updates off; every "
-                          "message still decoded, validated in full, counted, acknowledged). 'ludus_training': a "
-                          "training behaviour (value estimation on, buffer_size 10**9 so no update runs).")
-    rec.note("ingestion", "img84x84x3_uint8: one VISUAL observation of uint8 frames (3x84x84, channels-first), the "
-                          "same payload bytes on every side; the training behaviour runs the 'simple' CNN critic.")
+    for text in NOTES:
+        rec.note("ingestion", text)
     sink = ServerProcess(cmd=[sys.executable, "-m", "bench.sink", "--port", "0"]).start()
     try:
         k = 0

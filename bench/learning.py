@@ -8,6 +8,8 @@ of every training episode (SB3: its Monitor wrapper), mean over the last 20 epis
 """
 from __future__ import annotations
 
+import os
+
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -162,12 +164,23 @@ def ludus_worker(env_id: str, steps: int, seed: int, hyper: Dict[str, Any], serv
 
 
 # -- section ----------------------------------------------------------------------------------------
+#: Notes printed under the section in the report.
+NOTES = [
+    "Same hyperparameters and 64x64 tanh actor/critic on both sides (mapping and known differences: "
+     "bench/README.md). Return = mean undiscounted return of the last 20 training episodes. Ludus: "
+     "gym_runner.run(sync=True) against a ludus-server subprocess; seconds = the run's training loop "
+     "(SB3: model.learn), both including every update.",
+]
+
+
 def plan(mode: str) -> Dict[str, Any]:
     if mode == "smoke":
         return {"envs": {"CartPole-v1": 512}, "seeds": [0], "hyper": {"n_steps": 256}}
     if mode == "short":
         return {"envs": {"CartPole-v1": 40960}, "seeds": [0, 1], "hyper": {}}
-    return {"envs": {"CartPole-v1": 100_000, "Acrobot-v1": 100_000, "Pendulum-v1": 200_000}, "seeds": [0, 1, 2], "hyper": {}}
+    envs = {"CartPole-v1": 100_000, "Acrobot-v1": 100_000, "Pendulum-v1": 200_000}
+    only = [e for e in os.environ.get("LUDUS_BENCH_ENVS", "").split(",") if e]  # e.g. re-measure one env after a fix
+    return {"envs": {e: n for e, n in envs.items() if not only or e in only}, "seeds": [0, 1, 2], "hyper": {}}
 
 
 def _round_steps(steps: int, hp: PPOHyper) -> int:
@@ -178,10 +191,8 @@ def _round_steps(steps: int, hp: PPOHyper) -> int:
 
 def run_section(rec: Recorder, mode: str) -> None:
     p = plan(mode)
-    rec.note("learning", "Same hyperparameters and 64x64 tanh actor/critic on both sides (mapping and known differences: "
-                         "bench/README.md). Return = mean undiscounted return of the last 20 training episodes. Ludus: "
-                         "gym_runner.run(sync=True) against a ludus-server subprocess; seconds = the run's training loop "
-                         "(SB3: model.learn), both including every update.")
+    for text in NOTES:
+        rec.note("learning", text)
     curves: Dict[str, Any] = rec.side.setdefault("learning_curves", {})
     for env_id, steps in p["envs"].items():
         hp = ENV_HYPER[env_id]

@@ -156,11 +156,14 @@ def _update(rec: Recorder) -> str:
     rows = []
     for r in rec.section_records("update_throughput"):
         p, m = r["params"], r["metrics"]
-        rows.append([r["name"].split("/")[0], p["impl"], f"{p['layers']}x{p['hidden']} {p['activation']}", p["obs"], p["batch"], p["buffer"], p["epochs"],
+        network = f"{p['layers']}x{p['hidden']} {p['activation']}"
+        obs = p.get("obs")
+        if "image" in p:  # a camera through a visual encoder, then the MLP
+            network, obs = f"{p['encoder']} + {network}", "x".join(str(d) for d in p["image"]) + " uint8"
+        rows.append([r["name"].split("/")[0], p["impl"], network, obs, p["batch"], p["buffer"], p["epochs"],
                      f"{p['device']} ({p['device_name']})", _f(m["samples_per_s"], 0), _f(m["minibatches_per_s"], 0), _f(m["update_seconds"])])
     if not rows:
         return ""
-    rows.append(["visual nature_cnn 84x84x3", "ludus", "nature_cnn", "84x84x3", "–", "–", "–", "–", "not implemented", "–", "–"])
     return _table(["case", "impl", "network", "obs", "batch", "buffer", "epochs", "device", "samples/s", "minibatches/s", "update s"], rows)
 
 

@@ -36,6 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="a few hundred steps of everything (< 60 s)")
     p.add_argument("--only", default=None, help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"), help="output directory (default bench/results)")
+    p.add_argument("--report-only", action="store_true", help="measure nothing: write the report and plots of the run in --out again")
     args = p.parse_args(argv)
     args.mode = args.mode or "short"
     return args
@@ -50,6 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if unknown:
             print(f"unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}", file=sys.stderr)
             return 2
+    if args.report_only:
+        return _report_only(Path(args.out), names)
     rec = Recorder(Path(args.out), args.mode)
     log(f"mode {args.mode}, sections {', '.join(names)}, out {rec.out_dir}")
     log(f"machine: {json.dumps(machine_info())}")
@@ -69,6 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(f"section {name}: {time.perf_counter() - t0:.0f}s")
     seconds = time.perf_counter() - started
     (rec.out_dir / "curves.json").write_text(json.dumps(rec.side))
+    (rec.out_dir / "run.json").write_text(json.dumps({"seconds": seconds, "sections": names, "mode": args.mode}))
     from bench import report
 
     try:
@@ -80,6 +84,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     md = report.write_markdown(rec, names, seconds, plots)
     log(f"done in {seconds:.0f}s: {rec.path}, {md}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _report_only(out_dir: Path, names: List[str]) -> int:
+    """Rewrite results.md and the plots from results.jsonl, curves.json and notes.json."""
+    from bench import report
+
+    static = {name: list(getattr(importlib.import_module(SECTIONS[name]), "NOTES", [])) for name in names}
+    rec = Recorder.load(out_dir, {k: v for k, v in static.items() if v})
+    if not rec.records:
+        print(f"no results in {out_dir}", file=sys.stderr)
+        return 2
+    ran = [name for name in names if rec.section_records(name)]
+    seconds = float(json.loads((out_dir / "run.json").read_text())["seconds"]) if (out_dir / "run.json").exists() else float("nan")
+    md = report.write_markdown(rec, ran, seconds, report.write_plots(rec))
+    log(f"report written: {md}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -129,6 +129,13 @@ def sb3_worker(case: Dict[str, Any], repeats: int) -> Dict[str, Any]:
             "minibatches": (case["buffer"] // case["batch"]) * case["epochs"]}
 
 
+#: Notes printed under the section in the report.
+NOTES = [
+    "nature_cnn_84x84x3_b1024: one uint8 84x84x3 camera, nature_cnn encoders for actor and "
+     "critic (hidden_units 256, one layer after the encoder), 5-way discrete action.",
+]
+
+
 def plan(mode: str) -> Dict[str, Any]:
     if mode == "smoke":
         return {"cases": ["cartpole_64x64_b64"], "repeats": 1, "sb3": False}
@@ -179,5 +186,5 @@ def run_section(rec: Recorder, mode: str, devices: List[str] | None = None) -> N
             log(f"  -> {out['samples'] / out['seconds']:,.0f} samples/s")
         except WorkerError as err:
             rec.note("update_throughput", f"{name} sb3: FAILED: {str(err)[:500]}")
-    rec.note("update_throughput", "nature_cnn_84x84x3_b1024: one uint8 84x84x3 camera, nature_cnn encoders for actor and "
-                                  "critic (hidden_units 256, one layer after the encoder), 5-way discrete action.")
+    for text in NOTES:
+        rec.note("update_throughput", text)

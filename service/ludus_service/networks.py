@@ -6,9 +6,9 @@
   vector part plus the network's own visual encoder (`vis_encode_type`, output `hidden_units`) for
   every visual observation and entity encoder (ludus_service.entities, conditioned on the vector
   part) for every ENTITIES observation, concatenated: [vectors, visual_0, ..., entities_0, ...].
-- Goal conditioning: with `goal_conditioning_type: hyper`, GOAL_SIGNAL observations are not
-  features; the body's last layer is a HyperLinear of them (ludus_service.goals). With "none" they
-  are ordinary vector observations.
+- Goal conditioning: GOAL_SIGNAL observations are vector inputs like any other; with
+  `goal_conditioning_type: hyper` the body's last layer is, in addition, a HyperLinear of them
+  (ludus_service.goals), as in ML-Agents.
 - MLP body: `num_layers` x `hidden_units` with the configured activation (swish by default).
 - Actor: a Gaussian for the continuous block (state-independent log-std) and one categorical per
   discrete branch, with action masks; log-probabilities are returned per action dimension
@@ -57,7 +57,9 @@ class ObservationEncoder(nn.Module):
         observations = spec.observations
         self.goal_indices = [i for i, o in enumerate(observations)
                              if o.observation_type == pb.OBSERVATION_TYPE_GOAL_SIGNAL and goal_conditioning_type == "hyper"]
-        self.vector_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_VECTOR and i not in self.goal_indices]
+        # Goals stay body inputs too (as in ML-Agents); with hyper conditioning they also make the
+        # last layer's weights.
+        self.vector_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_VECTOR]
         self.visual_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_VISUAL]
         self.entity_indices = [i for i, o in enumerate(observations) if o.kind == pb.OBSERVATION_KIND_ENTITIES]
         self.sizes = [int(np.prod(observations[i].shape)) for i in self.vector_indices]

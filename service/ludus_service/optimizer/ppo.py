@@ -117,12 +117,16 @@ class PPOOptimizer(TorchOptimizer):
         self.adam.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self._parameters if p.grad is not None]
-        if not bool(torch.stack([torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads)]).all()):  # one sync
+        # One finiteness check for loss and every gradient: the global gradient norm is NaN/Inf iff
+        # some gradient element is (foreach kernels; the per-tensor isfinite it replaces cost ~9% of
+        # a small-network update). The same norm then clips, when max_grad_norm is set.
+        total_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        if not bool(torch.isfinite(loss + total_norm)):
             # An Adam step now would make every weight NaN for good.
             self.adam.zero_grad(set_to_none=True)
             raise NonFiniteUpdate("batch", f"the loss ({loss.item()}) or its gradient is not finite; no step was taken (values too large?)")
         if self.settings.hyperparameters.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self._parameters, self.settings.hyperparameters.max_grad_norm)
+            torch.nn.utils.clip_grads_with_norm_(self._parameters, self.settings.hyperparameters.max_grad_norm, total_norm)
         self.adam.step()
         return {
             "Losses/Policy Loss": abs(policy_loss.item()),
