@@ -213,10 +213,43 @@ class CueRecall(gym.Env):
         return self._obs(), 1.0 if right else -1.0, True, False, {"is_success": right}
 
 
+class Corridor(gym.Env):
+    """Sparse reward: start at cell 0 of `length`, step left or right (Discrete(2)); +1 only on
+    reaching the last cell (terminated); truncated after `max_steps`. The observation is the one-hot
+    cell. A random walk almost never gets there, so extrinsic reward alone has nothing to learn from."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, length: int = 20, max_steps: int = 40) -> None:
+        self.length, self.max_steps = length, max_steps
+        self.observation_space = spaces.Box(0.0, 1.0, (length,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.x = 0
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.length, np.float32)
+        obs[self.x] = 1.0
+        return obs
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        self.x, self.t = 0, 0
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        self.x = int(np.clip(self.x + (1 if int(action) == 1 else -1), 0, self.length - 1))
+        self.t += 1
+        reached = self.x == self.length - 1
+        truncated = not reached and self.t >= self.max_steps
+        info = {"is_success": reached} if reached or truncated else {}
+        return self._obs(), 1.0 if reached else 0.0, reached, truncated, info
+
+
 def register_envs() -> None:
     """Register the envs with Gymnasium (idempotent)."""
     for env_id, entry_point in (("ludus-tests/GoalSeek1D-v0", GoalSeek1D), ("ludus-tests/DictObsGoal-v0", DictObsGoal),
                                 ("ludus-tests/MaskedChoice-v0", MaskedChoice), ("ludus-tests/CueRecall-v0", CueRecall),
-                                ("ludus-tests/GoalEnv1D-v0", GoalEnv1D)):
+                                ("ludus-tests/GoalEnv1D-v0", GoalEnv1D), ("ludus-tests/Corridor-v0", Corridor)):
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry_point)  # no max_episode_steps: the envs truncate themselves

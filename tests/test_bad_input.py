@@ -446,7 +446,7 @@ SETTINGS_CASES = [
     ("unknown-reward-signal", _with("reward_signals.bonus", {}), grpc.StatusCode.INVALID_ARGUMENT, "reward_signals.bonus"),
     ("sac", _with("trainer_type", "sac"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
     ("poca", _with("trainer_type", "poca"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
-    ("curiosity", _with("reward_signals.curiosity", {"strength": 0.02}), grpc.StatusCode.UNIMPLEMENTED, "reward_signals.curiosity"),
+    ("gail", _with("reward_signals.gail", {"strength": 0.02}), grpc.StatusCode.UNIMPLEMENTED, "reward_signals.gail"),
     ("odd-memory-size", _with("network_settings.memory", {"memory_size": 15, "sequence_length": 8}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.memory_size"),
     ("sequence-exceeds-batch", _with("network_settings.memory", {"memory_size": 16, "sequence_length": 64}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.sequence_length"),
 ]

@@ -99,7 +99,7 @@ def test_bad_settings_name_the_key(overrides, key):
 
 @pytest.mark.parametrize("overrides,key", [
     ({"trainer_type": "sac"}, "trainer_type"),
-    ({"reward_signals": {"curiosity": {}}}, "reward_signals.curiosity"),
+    ({"reward_signals": {"gail": {}}}, "reward_signals.gail"),
 ])
 def test_valid_but_unimplemented_settings(overrides, key):
     with pytest.raises(Unimplemented) as err:

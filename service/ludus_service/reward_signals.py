@@ -10,6 +10,7 @@ import abc
 from typing import Dict
 
 import numpy as np
+import torch
 
 from ludus_service.buffer import AgentBuffer
 from ludus_service.settings import RewardSignalSettings
@@ -20,6 +21,8 @@ ENVIRONMENT_REWARDS = "environment_rewards"
 class RewardProvider(abc.ABC):
     name: str
     respects_done: bool = True
+    #: Whether evaluate/update read the next observation of every step (buffer fields next_obs_i).
+    needs_next_observations: bool = False
 
     def __init__(self, name: str, settings: RewardSignalSettings) -> None:
         self.name = name
@@ -47,12 +50,13 @@ class ExtrinsicRewardProvider(RewardProvider):
         return (buffer[ENVIRONMENT_REWARDS] * self.strength).astype(np.float32)
 
 
-_PROVIDERS = {"extrinsic": ExtrinsicRewardProvider}
+def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None, device="cpu") -> RewardProvider:
+    """The provider of a configured signal; learned ones (curiosity, rnd) need the spec and device."""
+    if name == "extrinsic":
+        return ExtrinsicRewardProvider(name, settings)
+    from ludus_service.learned_rewards import CuriosityRewardProvider, RNDRewardProvider  # torch networks
 
-
-def create_reward_provider(name: str, settings: RewardSignalSettings) -> RewardProvider:
-    try:
-        cls = _PROVIDERS[name]
-    except KeyError:
-        raise ValueError(f"reward signal {name!r} is not implemented") from None
-    return cls(name, settings)
+    learned = {"curiosity": CuriosityRewardProvider, "rnd": RNDRewardProvider}
+    if name not in learned:
+        raise ValueError(f"reward signal {name!r} is not implemented")
+    return learned[name](name, settings, spec, torch.device(device))

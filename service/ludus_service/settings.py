@@ -67,6 +67,11 @@ class RewardSignalSettings:
     gamma: float = 0.99
     strength: float = 1.0
     network_settings: Optional[NetworkSettings] = None
+    #: curiosity and rnd only (None = ML-Agents' default: 3e-4 for curiosity, 1e-4 for rnd).
+    learning_rate: Optional[float] = None
+    #: curiosity and rnd only: size of the learned state encoding (ML-Agents' deprecated key; None =
+    #: network_settings.hidden_units when given, else 64).
+    encoding_size: Optional[int] = None
 
 
 @dataclass
@@ -98,7 +103,7 @@ class TrainerSettings:
 
 #: Reward signals ML-Agents knows; only these are accepted as keys of `reward_signals`.
 KNOWN_REWARD_SIGNALS = ("extrinsic", "curiosity", "gail", "rnd")
-IMPLEMENTED_REWARD_SIGNALS = ("extrinsic",)
+IMPLEMENTED_REWARD_SIGNALS = ("extrinsic", "curiosity", "rnd")
 KNOWN_TRAINER_TYPES = ("ppo", "sac", "poca")
 IMPLEMENTED_TRAINER_TYPES = ("ppo",)
 #: Behaviour-level ML-Agents keys that this server accepts but does not act on yet.
@@ -131,6 +136,8 @@ _BOUNDS: Dict[str, tuple] = {
     "summary_freq": (1, None, True),
     "max_policy_lag": (0, None, True),
     "gamma": (0.0, 1.0, True),
+    "learning_rate": (0.0, None, False),
+    "encoding_size": (1, 8192, True),
     "strength": (0.0, None, True),
 }
 
@@ -249,6 +256,10 @@ def _merge_trainer_settings(base: TrainerSettings, overrides: Mapping[str, Any],
             if name not in IMPLEMENTED_REWARD_SIGNALS:
                 raise Unimplemented(f"{sig_path}.{name}", f"reward signal {name!r} is not implemented yet (available: {list(IMPLEMENTED_REWARD_SIGNALS)})")
             signals[name] = _build_dataclass(f"{sig_path}.{name}", RewardSignalSettings, raw or {})
+            if name == "extrinsic":
+                for key in ("learning_rate", "encoding_size"):
+                    if getattr(signals[name], key) is not None:
+                        raise InvalidArgument(f"{sig_path}.{name}.{key}", "applies to learned reward signals (curiosity, rnd), not extrinsic")
         merged.reward_signals = signals
     _check_consistency(merged, path)
     return merged

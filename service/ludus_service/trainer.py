@@ -21,6 +21,7 @@ from ludus_service.optimizer.ppo import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
     MEMORY, NonFiniteUpdate, PPOOptimizer,
 )
+from ludus_service.learned_rewards import LearnedRewardProvider, next_obs_key
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
 from ludus_service.sequences import LOSS_MASK, AgentMemories, pad_to_sequences
 from ludus_service.settings import TrainerSettings
@@ -100,6 +101,10 @@ class PPOTrainer:
         fields[ENVIRONMENT_REWARDS] = traj.rewards
         if opt.recurrent:
             fields[MEMORY] = traj.memories
+        if opt.needs_next_observations:  # curiosity: each step's successor (the last step's: next_obs, or itself at a terminal)
+            for i, o in enumerate(traj.observations):
+                last = traj.next_observations[i][None] if traj.next_observations is not None else o[-1:]
+                fields[next_obs_key(i)] = np.concatenate([o[1:], last], axis=0)
         piece = AgentBuffer(fields)
         values, bootstrap, critic_memories = opt.get_trajectory_value_estimates(piece, traj.next_observations, traj.done, traj.agent_id)
         if opt.recurrent:
@@ -185,12 +190,15 @@ class PPOTrainer:
         for name, provider in self.optimizer.reward_signals.items():
             if w.value_estimates[name]:
                 stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
+        for name, provider in self.optimizer.reward_signals.items():
+            if name != "extrinsic" and w.signal_rewards[name]:  # learned signals: mean reward per processed trajectory
+                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.signal_rewards[name]))
         if w.episode_rewards:
             stats["Environment/Cumulative Reward"] = float(np.mean(w.episode_rewards))
             stats["Environment/Episode Length"] = float(np.mean(w.episode_lengths))
             for name, provider in self.optimizer.reward_signals.items():
-                # Per-signal reward per episode; extrinsic equals the cumulative environment reward times strength.
-                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
+                if name == "extrinsic":  # per episode: the cumulative environment reward times strength
+                    stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
         self._window = _SummaryWindow()
         return stats
 
@@ -226,7 +234,13 @@ class PPOTrainer:
                 tensors[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         for key, value in self.update_buffer.as_dict().items():
             tensors[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+        for name, provider in self._learned_signals():
+            for key, value in provider.state_dict().items():
+                tensors[f"reward.{name}.{key}"] = value
         return tensors
+
+    def _learned_signals(self):
+        return [(n, p) for n, p in self.optimizer.reward_signals.items() if isinstance(p, LearnedRewardProvider)]
 
     def state_metadata(self) -> Dict[str, object]:
         return {
@@ -242,6 +256,13 @@ class PPOTrainer:
         opt = self.optimizer
         for prefix, module in (("actor", opt.actor), ("critic", opt.critic)):
             module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+        for name, provider in self._learned_signals():  # reward networks (their Adam moments restart)
+            prefix = f"reward.{name}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                provider.load_state_dict(state)
+                if hasattr(provider, "updated"):
+                    provider.updated = True
 
     def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""

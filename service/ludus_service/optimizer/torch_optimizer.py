@@ -34,6 +34,10 @@ class TorchOptimizer(Optimizer):
         self.critic_memories = AgentMemories(self.critic.memory_size) if self.critic.memory_size else None
 
     @property
+    def needs_next_observations(self) -> bool:
+        return any(p.needs_next_observations for p in self.reward_signals.values())
+
+    @property
     def recurrent(self) -> bool:
         return self.critic_memories is not None
 
@@ -41,7 +45,7 @@ class TorchOptimizer(Optimizer):
     def create_reward_signals(self, reward_signal_configs: Mapping[str, RewardSignalSettings]) -> None:
         """One reward provider per configured signal ("extrinsic", ...), in configuration order."""
         for name, config in reward_signal_configs.items():
-            self.reward_signals[name] = create_reward_provider(name, config)
+            self.reward_signals[name] = create_reward_provider(name, config, self.spec, self.device)
 
     @torch.no_grad()
     def get_trajectory_value_estimates(

@@ -1,0 +1,173 @@
+"""Learned intrinsic rewards: curiosity (ICM) and random network distillation (RND).
+
+Both reward novelty, so both ignore `done` when bootstrapping (an episode end is not the end of
+novelty). Their networks see the flattened observations through a small MLP encoder, train on every
+PPO minibatch with their own Adam, and score a trajectory with the networks they have when the
+trajectory is processed (ML-Agents' order). Rewards come out multiplied by `strength`.
+
+- Curiosity: an encoder phi; an inverse model (phi(s), phi(s')) -> action (MSE for continuous actions,
+  cross-entropy per discrete branch) and a forward model (phi(s), action) -> phi(s'); loss
+  10 * (0.2 * forward + 0.8 * inverse); reward 0.5 * ||phi(s') - forward(phi(s), a)||^2, clipped to
+  1 / strength, and 0 before the first update (the networks have learnt nothing yet).
+- RND: reward ||predictor(s) - target(s)||^2 with the target a fixed random network and the
+  predictor trained to match it, so states seen often stop paying.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ludus_service.buffer import AgentBuffer, obs_key
+from ludus_service.reward_signals import RewardProvider
+from ludus_service.sequences import LOSS_MASK
+from ludus_service.settings import RewardSignalSettings
+from ludus_service.spec import BehaviorSpec
+
+CONTINUOUS_ACTION = "continuous_action"
+DISCRETE_ACTION = "discrete_action"
+DEFAULT_ENCODING = 64
+DEFAULT_LEARNING_RATES = {"curiosity": 3e-4, "rnd": 1e-4}
+
+
+def next_obs_key(i: int) -> str:
+    return f"next_obs_{i}"
+
+
+def _mlp(in_size: int, hidden: int, out_size: int, layers: int = 2) -> nn.Sequential:
+    modules: List[nn.Module] = []
+    size = in_size
+    for _ in range(layers):
+        modules += [nn.Linear(size, hidden), nn.SiLU()]
+        size = hidden
+    modules.append(nn.Linear(size, out_size))
+    return nn.Sequential(*modules)
+
+
+def _weights(batch: AgentBuffer, device: torch.device) -> Optional[torch.Tensor]:
+    """1 for real steps, 0 for recurrent padding (None: every row counts)."""
+    return torch.as_tensor(batch[LOSS_MASK], dtype=torch.float32, device=device) if LOSS_MASK in batch else None
+
+
+def _mean(x: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    return x.mean() if weights is None else (x * weights).sum() / weights.sum().clamp(min=1)
+
+
+class LearnedRewardProvider(RewardProvider, nn.Module):
+    respects_done = False
+    needs_next_observations = False
+
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
+        RewardProvider.__init__(self, name, settings)
+        nn.Module.__init__(self)
+        self.spec = spec
+        self.device = device
+        self.input_size = sum(int(np.prod(o.shape)) for o in spec.observations)
+        hidden = settings.network_settings.hidden_units if settings.network_settings is not None else None
+        self.encoding_size = settings.encoding_size or hidden or DEFAULT_ENCODING
+        self.hidden_size = hidden or max(self.encoding_size, DEFAULT_ENCODING)
+        self.learning_rate = settings.learning_rate or DEFAULT_LEARNING_RATES[name]
+
+    def _flat(self, buffer: AgentBuffer, key=obs_key) -> torch.Tensor:
+        parts = [torch.as_tensor(buffer[key(i)], dtype=torch.float32, device=self.device).reshape(len(buffer), -1)
+                 for i in range(len(self.spec.observations))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _step(self, loss: torch.Tensor) -> bool:
+        """One Adam step unless the loss is not finite (extreme inputs must not poison the networks)."""
+        self.adam.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(loss)):
+            return False
+        loss.backward()
+        self.adam.step()
+        return True
+
+
+class CuriosityRewardProvider(LearnedRewardProvider):
+    needs_next_observations = True
+
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
+        super().__init__(name, settings, spec, device)
+        actions = spec.actions
+        self.continuous_size, self.branches = actions.continuous_size, list(actions.discrete_branches)
+        action_size = self.continuous_size + sum(self.branches)
+        self.encoder = _mlp(self.input_size, self.hidden_size, self.encoding_size)
+        self.inverse = _mlp(2 * self.encoding_size, self.hidden_size, action_size, layers=1)
+        self.forward_model = _mlp(self.encoding_size + action_size, self.hidden_size, self.encoding_size, layers=1)
+        self.to(device)
+        self.adam = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        #: Rewards are 0 until the first update (ML-Agents): untrained models would pay for noise.
+        self.updated = False
+
+    def _actions(self, batch: AgentBuffer) -> torch.Tensor:
+        parts = []
+        if self.continuous_size:
+            parts.append(torch.as_tensor(batch[CONTINUOUS_ACTION], dtype=torch.float32, device=self.device))
+        if self.branches:
+            disc = torch.as_tensor(batch[DISCRETE_ACTION], dtype=torch.long, device=self.device)
+            parts += [nn.functional.one_hot(disc[:, j], size).float() for j, size in enumerate(self.branches)]
+        return torch.cat(parts, dim=1)
+
+    def _prediction_error(self, batch: AgentBuffer) -> torch.Tensor:
+        phi, phi_next = self.encoder(self._flat(batch)), self.encoder(self._flat(batch, next_obs_key))
+        predicted = self.forward_model(torch.cat([phi, self._actions(batch)], dim=1))
+        return 0.5 * ((predicted - phi_next) ** 2).sum(dim=1), phi, phi_next
+
+    @torch.no_grad()
+    def evaluate(self, buffer: AgentBuffer) -> np.ndarray:
+        if not self.updated:
+            return np.zeros(len(buffer), dtype=np.float32)
+        error, _, _ = self._prediction_error(buffer)
+        reward = torch.clamp(error, 0.0, 1.0 / self.strength if self.strength > 0 else math.inf) * self.strength
+        return reward.cpu().numpy().astype(np.float32)
+
+    def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
+        weights = _weights(minibatch, self.device)
+        error, phi, phi_next = self._prediction_error(minibatch)
+        forward_loss = _mean(error, weights)
+        logits = self.inverse(torch.cat([phi, phi_next], dim=1))
+        inverse_terms = []
+        if self.continuous_size:
+            target = torch.as_tensor(minibatch[CONTINUOUS_ACTION], dtype=torch.float32, device=self.device)
+            inverse_terms.append(((logits[:, :self.continuous_size] - target) ** 2).sum(dim=1))
+        offset = self.continuous_size
+        disc = torch.as_tensor(minibatch[DISCRETE_ACTION], dtype=torch.long, device=self.device)
+        for j, size in enumerate(self.branches):
+            inverse_terms.append(nn.functional.cross_entropy(logits[:, offset:offset + size], disc[:, j], reduction="none"))
+            offset += size
+        inverse_loss = _mean(torch.stack(inverse_terms).sum(dim=0), weights)
+        loss = 10.0 * (0.2 * forward_loss + 0.8 * inverse_loss)
+        if self._step(loss):
+            self.updated = True
+        return {"Losses/Curiosity Forward Loss": forward_loss.item(), "Losses/Curiosity Inverse Loss": inverse_loss.item()}
+
+
+class RNDRewardProvider(LearnedRewardProvider):
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
+        super().__init__(name, settings, spec, device)
+        self.target = _mlp(self.input_size, self.hidden_size, self.encoding_size)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self.predictor = _mlp(self.input_size, self.hidden_size, self.encoding_size)
+        self.to(device)
+        self.adam = torch.optim.Adam(self.predictor.parameters(), lr=self.learning_rate)
+
+    @property
+    def stat_name(self) -> str:
+        return "Rnd"  # ML-Agents: name.capitalize()
+
+    def _error(self, batch: AgentBuffer) -> torch.Tensor:
+        x = self._flat(batch)
+        return ((self.predictor(x) - self.target(x)) ** 2).sum(dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, buffer: AgentBuffer) -> np.ndarray:
+        return (self._error(buffer) * self.strength).cpu().numpy().astype(np.float32)
+
+    def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
+        loss = _mean(self._error(minibatch), _weights(minibatch, self.device))
+        self._step(loss)
+        return {"Losses/RND Loss": loss.item()}
