@@ -24,6 +24,7 @@ moving towards the goal reaches it (a step never jumps over the 0.2-wide goal zo
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, Optional, Tuple
 
 import gymnasium as gym
@@ -35,7 +36,7 @@ STEP = 0.2
 MAX_STEPS = 30
 
 
-class _GoalSeekBase(gym.Env):
+class _GoalSeekBase(gym.Env, abc.ABC):
     """x and goal g in [-1, 1], at least 0.3 apart at reset."""
 
     metadata = {"render_modes": []}
@@ -46,11 +47,13 @@ class _GoalSeekBase(gym.Env):
         self.goal = 0.0
         self.t = 0
 
+    @abc.abstractmethod
     def _observe(self) -> Any:
-        raise NotImplementedError
+        """The observation of the current state."""
 
+    @abc.abstractmethod
     def _delta(self, action: Any) -> float:
-        raise NotImplementedError
+        """How far an action moves the agent."""
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, Any]]:
         super().reset(seed=seed)

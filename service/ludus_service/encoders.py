@@ -16,6 +16,7 @@ replays in numpy (ludus_client.numpy_encoders.visual_encoder_forward) with the s
 """
 from __future__ import annotations
 
+import abc
 from typing import Dict, List, Sequence, Tuple, Type
 
 import numpy as np
@@ -136,7 +137,7 @@ def _describe_sequence(seq: nn.Sequential, path: str, tensors: Dict[str, np.ndar
     return [_describe(m, f"{path}.{i}", tensors) for i, m in enumerate(seq)]
 
 
-class VisualEncoder(nn.Module):
+class VisualEncoder(nn.Module, abc.ABC):
     """Shared shape bookkeeping, forward and export; subclasses only build `self.layers`."""
 
     vis_encode_type = ""
@@ -155,9 +156,9 @@ class VisualEncoder(nn.Module):
         self.flatten_size = flatten_size
         self.layers = nn.Sequential(*body, nn.Flatten(), _dense(flatten_size, output_size), self._final_activation())
 
+    @abc.abstractmethod
     def _body(self, height: int, width: int, channels: int) -> Tuple[List[nn.Module], int]:
         """The layers before the flatten, and the flattened size they produce."""
-        raise NotImplementedError
 
     def _final_activation(self) -> nn.Module:
         return nn.LeakyReLU()
