@@ -11,7 +11,7 @@ from ludus_client import BehaviorSpec, TrajectoryBuilder
 from ludus_client.policy import LocalPolicy
 from ludus_service.buffer import AgentBuffer
 from ludus_service.errors import InvalidArgument
-from ludus_service.learned_rewards import next_obs_key
+from ludus_service.buffer import next_obs_key
 from ludus_service.settings import resolve_settings
 from ludus_service.trainer import PPOTrainer
 from ludus_service.validation import parse_trajectory

@@ -27,7 +27,7 @@ from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client.auth import BearerTokenInterceptor, make_channel, resolve_token
 from ludus_client.policy import LocalPolicy
 from ludus_client.spec import BehaviorSpec
-from ludus_client.tensor_codec import from_tensor, to_tensor
+from ludus_client.tensor_codec import from_tensor, observation_array, to_tensor
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 IDEMPOTENT_METHODS = ("RegisterBehavior", "EstimateValues", "GetPolicy", "DescribeBehavior", "ListBehaviors")
@@ -36,12 +36,6 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
-
-
-def _observation_tensor(obs: np.ndarray) -> pb.Tensor:
-    """float32 on the wire, except uint8 (camera frames: the service scales visual uint8 by 1/255)."""
-    arr = np.asarray(obs)
-    return to_tensor(arr if arr.dtype == np.uint8 else arr.astype(np.float32, copy=False))
 
 
 def _service_config() -> str:
@@ -196,8 +190,8 @@ class LudusClient:
         """As estimate_values, plus the critic memories [T, memory_size] (None if not recurrent)."""
         request = pb.EstimateValuesRequest(
             behavior_name=behavior_name, agent_id=agent_id, done=done, interrupted=interrupted,
-            observations=[_observation_tensor(o) for o in observations],
-            next_observations=[_observation_tensor(o) for o in (next_observations or [])],
+            observations=[to_tensor(observation_array(o)) for o in observations],
+            next_observations=[to_tensor(observation_array(o)) for o in (next_observations or [])],
         )
         response = self._call(self.stub.EstimateValues, request)
         values = {k: from_tensor(v, f"values[{k}]") for k, v in response.values.items()}

@@ -6,13 +6,11 @@ from typing import Dict
 
 import numpy as np
 
+from ludus_client.numpy_encoders import linear, swish
+
 POOL_EPSILON = 1e-7
 MASKED_SCORE = -1e6
 LAYER_NORM_EPSILON = 1e-5  # torch's layer_norm default
-
-
-def _swish(x: np.ndarray) -> np.ndarray:
-    return x * 0.5 * (np.tanh(0.5 * x) + 1.0)
 
 
 def _layer_norm(x: np.ndarray) -> np.ndarray:
@@ -22,7 +20,7 @@ def _layer_norm(x: np.ndarray) -> np.ndarray:
 
 
 def _linear(x: np.ndarray, tensors: Dict[str, np.ndarray], name: str) -> np.ndarray:
-    return x @ tensors[f"{name}.weight"].T + tensors[f"{name}.bias"]
+    return linear(x, tensors[f"{name}.weight"], tensors[f"{name}.bias"])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -38,7 +36,7 @@ def entity_encoder_forward(description: dict, tensors: Dict[str, np.ndarray], en
     present = np.abs(entities).sum(axis=-1) > 0
     if description["self_size"]:
         entities = np.concatenate([np.broadcast_to(x_self[:, None, :], (n, count, x_self.shape[1])), entities], axis=-1)
-    x = _layer_norm(_swish(_linear(entities, tensors, f"{p}.embed")))
+    x = _layer_norm(swish(_linear(entities, tensors, f"{p}.embed")))
     heads = description["num_heads"]
     size = description["embedding_size"] // heads
 
@@ -58,7 +56,7 @@ def hyper_linear_forward(description: dict, tensors: Dict[str, np.ndarray], x: n
     """x [N, input_size], goal [N, goal_size] -> [N, output_size] (no activation)."""
     h = np.asarray(goal, dtype=np.float32)
     for name in description["hidden_layers"]:
-        h = _swish(_linear(h, tensors, name))
+        h = swish(_linear(h, tensors, name))
     w = _linear(_layer_norm(h), tensors, f"{description['prefix']}.weights")
     w = w.reshape(len(x), description["input_size"], description["output_size"])
     return (np.einsum("ni,nio->no", x, w) + tensors[f"{description['prefix']}.bias"]).astype(np.float32)

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from safetensors.numpy import load as safetensors_load
 
-from ludus_client.numpy_encoders import visual_encoder_forward
+from ludus_client.numpy_encoders import swish, visual_encoder_forward
 from ludus_client.numpy_entities import entity_encoder_forward, hyper_linear_forward
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -44,7 +44,7 @@ class PolicyOutput:
 
 def _activation(name: str):
     if name == "swish":
-        return lambda x: x / (1.0 + np.exp(-x))
+        return swish
     if name == "tanh":
         return np.tanh
     if name == "relu":

@@ -57,6 +57,16 @@ def to_tensor(array: np.ndarray | Sequence, dtype: Optional[np.dtype] = None) ->
     return pb.Tensor(dtype=wire_dtype, shape=list(arr.shape), raw_data=np.ascontiguousarray(arr).tobytes())
 
 
+def observation_array(obs: np.ndarray | Sequence, may_be_pixels: bool = True) -> np.ndarray:
+    """What an observation travels as: float32, except uint8 camera frames (when the observation may
+    be visual), which stay uint8 (4x fewer bytes) and mean pixels: the service and LocalPolicy scale
+    uint8 visual observations by 1/255."""
+    arr = np.asarray(obs)
+    if arr.dtype == np.uint8 and may_be_pixels:
+        return arr
+    return arr.astype(np.float32, copy=False)
+
+
 def dtype_name(wire_dtype: int) -> str:
     return pb.DataType.Name(wire_dtype) if wire_dtype in pb.DataType.values() else f"unknown({wire_dtype})"
 

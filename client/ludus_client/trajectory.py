@@ -6,17 +6,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ludus.v1 import trainer_pb2 as pb
-from ludus_client.spec import BehaviorSpec, ObservationSpec
-from ludus_client.tensor_codec import to_tensor
-
-
-def _wire_observation(obs: np.ndarray, spec: ObservationSpec) -> np.ndarray:
-    """float32, except uint8 camera frames, which travel as uint8 (4x fewer bytes) and mean pixels:
-    the service and LocalPolicy both scale uint8 visual observations by 1/255."""
-    arr = np.asarray(obs)
-    if arr.dtype == np.uint8 and spec.kind == pb.OBSERVATION_KIND_VISUAL:
-        return arr
-    return arr.astype(np.float32, copy=False)
+from ludus_client.spec import BehaviorSpec
+from ludus_client.tensor_codec import observation_array, to_tensor
 
 
 class TrajectoryBuilder:
@@ -60,7 +51,7 @@ class TrajectoryBuilder:
     ) -> None:
         """One step. Recurrent policies: `memory` is the policy memory that went INTO this step."""
         for store, obs, spec in zip(self._obs, observations, self.spec.observations):
-            store.append(_wire_observation(obs, spec))
+            store.append(observation_array(obs, spec.kind == pb.OBSERVATION_KIND_VISUAL))
         self._cont.append(continuous_action)
         self._disc.append(discrete_action)
         self._cont_lp.append(continuous_log_prob)
@@ -98,6 +89,6 @@ class TrajectoryBuilder:
                 raise ValueError("every step of a recurrent policy needs its memory (add_step(memory=...))")
             traj.memories.CopyFrom(to_tensor(np.stack(self._memories)))
         if next_observations is not None:
-            traj.next_observations.extend(to_tensor(_wire_observation(o, spec)) for o, spec in zip(next_observations, self.spec.observations))
+            traj.next_observations.extend(to_tensor(observation_array(o, spec.kind == pb.OBSERVATION_KIND_VISUAL)) for o, spec in zip(next_observations, self.spec.observations))
         self._reset()
         return traj

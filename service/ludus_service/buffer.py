@@ -10,8 +10,26 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import numpy as np
 
 
+# Field names of the update buffer (ML-Agents' BufferKey names, lower-cased).
+CONTINUOUS_ACTION = "continuous_action"
+DISCRETE_ACTION = "discrete_action"
+CONTINUOUS_LOG_PROBS = "continuous_log_probs"
+DISCRETE_LOG_PROBS = "discrete_log_probs"
+ACTION_MASK = "action_mask"
+ADVANTAGES = "advantages"
+#: Recurrent networks: the policy memory the client fed into each step, and the critic memory at
+#: the start of each step's sequence (from value estimation).
+MEMORY = "memory"
+CRITIC_MEMORY = "critic_memory"
+
+
 def obs_key(i: int) -> str:
     return f"obs_{i}"
+
+
+def next_obs_key(i: int) -> str:
+    """The observation after each step (curiosity's s')."""
+    return f"next_obs_{i}"
 
 
 def returns_key(signal: str) -> str:

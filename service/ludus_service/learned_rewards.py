@@ -21,20 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ludus_service.buffer import AgentBuffer, obs_key
+from ludus_service.buffer import CONTINUOUS_ACTION, DISCRETE_ACTION, AgentBuffer, next_obs_key, obs_key
 from ludus_service.reward_signals import RewardProvider
-from ludus_service.sequences import LOSS_MASK
+from ludus_service.sequences import LOSS_MASK, masked_mean
 from ludus_service.settings import RewardSignalSettings
 from ludus_service.spec import BehaviorSpec
 
-CONTINUOUS_ACTION = "continuous_action"
-DISCRETE_ACTION = "discrete_action"
 DEFAULT_ENCODING = 64
 DEFAULT_LEARNING_RATES = {"curiosity": 3e-4, "rnd": 1e-4}
-
-
-def next_obs_key(i: int) -> str:
-    return f"next_obs_{i}"
 
 
 def _mlp(in_size: int, hidden: int, out_size: int, layers: int = 2) -> nn.Sequential:
@@ -50,10 +44,6 @@ def _mlp(in_size: int, hidden: int, out_size: int, layers: int = 2) -> nn.Sequen
 def _weights(batch: AgentBuffer, device: torch.device) -> Optional[torch.Tensor]:
     """1 for real steps, 0 for recurrent padding (None: every row counts)."""
     return torch.as_tensor(batch[LOSS_MASK], dtype=torch.float32, device=device) if LOSS_MASK in batch else None
-
-
-def _mean(x: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
-    return x.mean() if weights is None else (x * weights).sum() / weights.sum().clamp(min=1)
 
 
 class LearnedRewardProvider(RewardProvider, nn.Module):
@@ -102,6 +92,12 @@ class CuriosityRewardProvider(LearnedRewardProvider):
         #: Rewards are 0 until the first update (ML-Agents): untrained models would pay for noise.
         self.updated = False
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Restored networks have been trained: they pay rewards again at once."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.updated = True
+        return result
+
     def _actions(self, batch: AgentBuffer) -> torch.Tensor:
         parts = []
         if self.continuous_size:
@@ -127,7 +123,7 @@ class CuriosityRewardProvider(LearnedRewardProvider):
     def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
         weights = _weights(minibatch, self.device)
         error, phi, phi_next = self._prediction_error(minibatch)
-        forward_loss = _mean(error, weights)
+        forward_loss = masked_mean(error, weights)
         logits = self.inverse(torch.cat([phi, phi_next], dim=1))
         inverse_terms = []
         if self.continuous_size:
@@ -138,7 +134,7 @@ class CuriosityRewardProvider(LearnedRewardProvider):
         for j, size in enumerate(self.branches):
             inverse_terms.append(nn.functional.cross_entropy(logits[:, offset:offset + size], disc[:, j], reduction="none"))
             offset += size
-        inverse_loss = _mean(torch.stack(inverse_terms).sum(dim=0), weights)
+        inverse_loss = masked_mean(torch.stack(inverse_terms).sum(dim=0), weights)
         loss = 10.0 * (0.2 * forward_loss + 0.8 * inverse_loss)
         if self._step(loss):
             self.updated = True
@@ -155,10 +151,6 @@ class RNDRewardProvider(LearnedRewardProvider):
         self.to(device)
         self.adam = torch.optim.Adam(self.predictor.parameters(), lr=self.learning_rate)
 
-    @property
-    def stat_name(self) -> str:
-        return "Rnd"  # ML-Agents: name.capitalize()
-
     def _error(self, batch: AgentBuffer) -> torch.Tensor:
         x = self._flat(batch)
         return ((self.predictor(x) - self.target(x)) ** 2).sum(dim=1)
@@ -168,6 +160,6 @@ class RNDRewardProvider(LearnedRewardProvider):
         return (self._error(buffer) * self.strength).cpu().numpy().astype(np.float32)
 
     def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
-        loss = _mean(self._error(minibatch), _weights(minibatch, self.device))
+        loss = masked_mean(self._error(minibatch), _weights(minibatch, self.device))
         self._step(loss)
         return {"Losses/RND Loss": loss.item()}

@@ -195,34 +195,46 @@ def masked_logits(logits: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.T
     return logits.masked_fill(~mask, -1e8)
 
 
-class Actor(nn.Module):
+class Trunk(nn.Module):
+    """What actor and critic share in structure (each with its own weights): observation features ->
+    MLP body -> goal hyper-layer (hyper conditioning) -> LSTM (recurrent networks)."""
+
     def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
         super().__init__()
-        self.spec = spec
-        self.settings = settings
         self.encoder = encoder
         self.features = ObservationFeatures(spec, settings, encoder)
         self.body, self.goal_layer, hidden = body_layers(self.features.output_size, settings, encoder.goal_size)
         self.activation = _ACTIVATIONS[settings.activation]()
-        self.memory, hidden = recurrent_layer(hidden, settings)
+        self.memory, self.hidden_size = recurrent_layer(hidden, settings)
+
+    @property
+    def memory_size(self) -> int:
+        return self.memory.memory_size if self.memory is not None else 0
+
+    def trunk(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor],
+              sequence_length: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Hidden state of every row, and for recurrent networks the memories after each sequence."""
+        hidden = self.body(self.features(observations, self.encoder(observations)))
+        if self.goal_layer is not None:
+            hidden = self.activation(self.goal_layer(hidden, self.encoder.goals(observations)))
+        final = None
+        if self.memory is not None:
+            hidden, final = self.memory(hidden, memories, sequence_length)
+        return hidden, final
+
+
+class Actor(Trunk):
+    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
+        super().__init__(spec, settings, encoder)
+        self.spec = spec
+        self.settings = settings
+        hidden = self.hidden_size
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
         if self.continuous_size:
             self.mu = _init_linear(nn.Linear(hidden, self.continuous_size), 0.01)
             self.log_std = nn.Parameter(torch.zeros(self.continuous_size))
         self.branch_heads = nn.ModuleList(_init_linear(nn.Linear(hidden, b), 0.01) for b in self.branches)
-
-    @property
-    def memory_size(self) -> int:
-        return self.memory.memory_size if self.memory is not None else 0
-
-    def _hidden(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor], sequence_length: int) -> torch.Tensor:
-        hidden = self.body(self.features(observations, self.encoder(observations)))
-        if self.goal_layer is not None:
-            hidden = self.activation(self.goal_layer(hidden, self.encoder.goals(observations)))
-        if self.memory is not None:
-            hidden, _ = self.memory(hidden, memories, sequence_length)
-        return hidden
 
     def evaluate(
         self,
@@ -235,7 +247,7 @@ class Actor(nn.Module):
     ) -> ActionEvaluation:
         """Log-probabilities of given actions and the policy's entropy, with gradients. Recurrent
         actors take rows sequence after sequence and each sequence's initial memory [S, memory_size]."""
-        hidden = self._hidden(observations, memories, sequence_length)
+        hidden, _ = self.trunk(observations, memories, sequence_length)
         n = hidden.shape[0]
         entropy = torch.zeros(n, device=hidden.device)
         cont_lp = torch.zeros(n, 0, device=hidden.device)
@@ -318,21 +330,12 @@ class Actor(nn.Module):
         return {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}, architecture
 
 
-class Critic(nn.Module):
-    """Own body (shared_critic false) and one value head per reward signal."""
+class Critic(Trunk):
+    """Own trunk (shared_critic false) and one value head per reward signal."""
 
     def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder, signals: Sequence[str]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.features = ObservationFeatures(spec, settings, encoder)
-        self.body, self.goal_layer, hidden = body_layers(self.features.output_size, settings, encoder.goal_size)
-        self.activation = _ACTIVATIONS[settings.activation]()
-        self.memory, hidden = recurrent_layer(hidden, settings)
-        self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(hidden, 1), 1.0) for name in signals})
-
-    @property
-    def memory_size(self) -> int:
-        return self.memory.memory_size if self.memory is not None else 0
+        super().__init__(spec, settings, encoder)
+        self.heads = nn.ModuleDict({name: _init_linear(nn.Linear(self.hidden_size, 1), 1.0) for name in signals})
 
     def forward(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor] = None,
                 sequence_length: int = 1) -> Dict[str, torch.Tensor]:
@@ -341,10 +344,5 @@ class Critic(nn.Module):
     def forward_with_memory(self, observations: Sequence[torch.Tensor], memories: Optional[torch.Tensor] = None,
                             sequence_length: int = 1) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
         """Values per signal, and for recurrent critics the memories after each sequence [S, memory_size]."""
-        hidden = self.body(self.features(observations, self.encoder(observations)))
-        if self.goal_layer is not None:
-            hidden = self.activation(self.goal_layer(hidden, self.encoder.goals(observations)))
-        final = None
-        if self.memory is not None:
-            hidden, final = self.memory(hidden, memories, sequence_length)
+        hidden, final = self.trunk(observations, memories, sequence_length)
         return {name: head(hidden).squeeze(-1) for name, head in self.heads.items()}, final

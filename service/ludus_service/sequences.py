@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Dict, Mapping, Optional
 
 import numpy as np
+import torch
 
 #: Buffer field: True for real steps, False for padding.
 LOSS_MASK = "loss_mask"
@@ -74,3 +75,12 @@ class AgentMemories:
 
     def __len__(self) -> int:
         return len(self._memories)
+
+
+def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over real steps only (ML-Agents' ModelUtils.masked_mean); plain mean without a mask."""
+    if mask is None:
+        return x.mean()
+    if x.dim() > 1:
+        mask = mask.unsqueeze(-1).expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp(min=1)

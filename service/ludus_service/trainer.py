@@ -15,13 +15,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
-from ludus_service.gae import gae
-from ludus_service.optimizer.ppo import (
+from ludus_service.buffer import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
-    MEMORY, NonFiniteUpdate, PPOOptimizer,
+    MEMORY, AgentBuffer, next_obs_key, obs_key, returns_key, value_estimates_key,
 )
-from ludus_service.learned_rewards import LearnedRewardProvider, next_obs_key
+from ludus_service.gae import gae
+from ludus_service.optimizer.ppo import NonFiniteUpdate, PPOOptimizer
+from ludus_service.learned_rewards import LearnedRewardProvider
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
 from ludus_service.sequences import LOSS_MASK, AgentMemories, pad_to_sequences
 from ludus_service.settings import TrainerSettings
@@ -261,8 +261,6 @@ class PPOTrainer:
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if state:
                 provider.load_state_dict(state)
-                if hasattr(provider, "updated"):
-                    provider.updated = True
 
     def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""

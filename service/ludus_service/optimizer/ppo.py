@@ -5,39 +5,20 @@ is a no-op. Here V_old is the critic's estimate made when the trajectory was pro
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
-from ludus_service.buffer import AgentBuffer, obs_key, returns_key, value_estimates_key
+from ludus_service.buffer import (
+    ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
+    MEMORY, AgentBuffer, obs_key, returns_key, value_estimates_key,
+)
 from ludus_service.errors import InvalidArgument
 from ludus_service.optimizer.torch_optimizer import TorchOptimizer
 from ludus_service.schedules import BETA_FLOOR, EPSILON_FLOOR, LEARNING_RATE_FLOOR, decayed_value
-from ludus_service.sequences import LOSS_MASK
+from ludus_service.sequences import LOSS_MASK, masked_mean
 from ludus_service.settings import TrainerSettings, beta_schedule, epsilon_schedule
 from ludus_service.spec import BehaviorSpec
-
-# Field names of the update buffer (ML-Agents' BufferKey names, lower-cased).
-CONTINUOUS_ACTION = "continuous_action"
-DISCRETE_ACTION = "discrete_action"
-CONTINUOUS_LOG_PROBS = "continuous_log_probs"
-DISCRETE_LOG_PROBS = "discrete_log_probs"
-ACTION_MASK = "action_mask"
-ADVANTAGES = "advantages"
-#: Recurrent networks: the policy memory the client fed into each step, and the critic memory at
-#: the start of each step's sequence (from value estimation).
-MEMORY = "memory"
-CRITIC_MEMORY = "critic_memory"
-
-
-def masked_mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """Mean over real steps only (ML-Agents' ModelUtils.masked_mean); plain mean without a mask."""
-    if mask is None:
-        return x.mean()
-    if x.dim() > 1:
-        mask = mask.unsqueeze(-1).expand_as(x)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
 
 class NonFiniteUpdate(InvalidArgument):
     """A minibatch whose loss or gradient is not finite (finite but extreme inputs): no step taken."""
