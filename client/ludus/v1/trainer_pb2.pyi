@@ -46,6 +46,7 @@ class PolicyFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     POLICY_FORMAT_UNSPECIFIED: _ClassVar[PolicyFormat]
     POLICY_FORMAT_SAFETENSORS: _ClassVar[PolicyFormat]
+    POLICY_FORMAT_ONNX: _ClassVar[PolicyFormat]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT64: DataType
@@ -67,6 +68,7 @@ DROP_REASON_STALE_POLICY_VERSION: DropReason
 DROP_REASON_UNKNOWN_POLICY_VERSION: DropReason
 POLICY_FORMAT_UNSPECIFIED: PolicyFormat
 POLICY_FORMAT_SAFETENSORS: PolicyFormat
+POLICY_FORMAT_ONNX: PolicyFormat
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "raw_data", "compression", "compressed_data", "compressed_channel_mapping")
