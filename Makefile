@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast proto proto-check bench bench-full clean
+.PHONY: install demo test test-fast proto proto-check proto-compat bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-fast: $(STAMP)
 ## Regenerate the gRPC stubs from proto/ (tests fail if the committed stubs drift).
 proto: $(STAMP)
 	PYTHON=$(PY) bash scripts/gen_proto.sh
+
+## Check proto/ stays backward compatible with proto/compat/ludus_v1.snapshot.json (exit 1: breaking,
+## 2: compatible changes not yet recorded). After an intentional addition: make proto-compat ARGS=--update
+proto-compat: $(STAMP)
+	$(PY) scripts/proto_compat.py $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --short

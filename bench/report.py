@@ -195,6 +195,7 @@ SECTION_TITLES = {
     "estimate_latency": ("4. EstimateValues latency (1,000 steps x 64 floats)", _estimate),
     "update_throughput": ("5. PPO update throughput", _update),
     "profile": ("6. Profile of the Ludus CartPole learning run (py-spy)", _profile),
+    "sac": ("7. SAC: Ludus vs Stable-Baselines3 SAC (Pendulum-v1)", lambda rec: __import__("bench.sac", fromlist=["render"]).render(rec)),
 }
 
 

@@ -25,6 +25,7 @@ SECTIONS = {
     "estimate_latency": "bench.estimate_latency",
     "update_throughput": "bench.update_throughput",
     "profile": "bench.profiling",
+    "sac": "bench.sac",
 }
 
 

@@ -19,9 +19,11 @@ TEST_DEVICE = os.environ.get("LUDUS_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture
-def server() -> Iterator[RunningServer]:
-    """A real gRPC server (trainer, health, reflection) on 127.0.0.1:<free port>."""
-    running = start_server(BehaviorRegistry(device=TEST_DEVICE, seed=0), host="127.0.0.1", port=0)
+def server(tmp_path) -> Iterator[RunningServer]:
+    """A real gRPC server (trainer, health, reflection) on 127.0.0.1:<free port>, with its demo
+    directory (RecordDemonstration, demo_path) in the test's temporary folder."""
+    registry = BehaviorRegistry(device=TEST_DEVICE, seed=0, demo_dir=tmp_path / "demos")
+    running = start_server(registry, host="127.0.0.1", port=0)
     yield running
     running.stop(grace=1.0)
 

@@ -11,6 +11,8 @@
 
 - `GoalEnv1D`: GoalSeek1D (discrete) with Gymnasium-Robotics' GoalEnv Dict observation; the desired
   goal is a goal signal for hyper-network conditioning.
+- `RuleFollowing`: imitation. A cue each step; the scripted expert answers (cue + 1) % 4; fixed
+  10-step episodes. `goal_seek_expert_action` is GoalSeek1D's scripted (continuous) expert.
 - `CueRecall`: memory. A cue (-1 or +1) is shown at the first step only; after `delay` blank steps
   the agent must answer with the cue's side (Discrete(2)): +1 right, -1 wrong, then the episode ends.
   Only a policy with memory beats chance (mean return 0).
@@ -249,10 +251,53 @@ class Corridor(gym.Env):
         return self._obs(), 1.0 if reached else 0.0, reached, truncated, info
 
 
+class RuleFollowing(gym.Env):
+    """Imitation: every step shows a cue (one-hot of 4); the expert's rule answers (cue + 1) % 4.
+    +1 per answer that follows the rule, 0 otherwise; always 10 steps (then truncated), so episode
+    length carries no signal. `expert_action(obs)` is the scripted expert."""
+
+    metadata = {"render_modes": []}
+    CUES = 4
+
+    def __init__(self, episode_length: int = 10) -> None:
+        self.episode_length = episode_length
+        self.observation_space = spaces.Box(0.0, 1.0, (self.CUES,), np.float32)
+        self.action_space = spaces.Discrete(self.CUES)
+        self.cue, self.t, self.correct = 0, 0, 0
+
+    @classmethod
+    def expert_action(cls, obs: np.ndarray) -> int:
+        return (int(np.argmax(obs)) + 1) % cls.CUES
+
+    def _obs(self) -> np.ndarray:
+        return np.eye(self.CUES, dtype=np.float32)[self.cue]
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
+        super().reset(seed=seed)
+        self.cue, self.t, self.correct = int(self.np_random.integers(self.CUES)), 0, 0
+        return self._obs(), {}
+
+    def step(self, action: Any):
+        reward = 1.0 if int(action) == (self.cue + 1) % self.CUES else 0.0
+        self.correct += int(reward)
+        self.t += 1
+        self.cue = int(self.np_random.integers(self.CUES))
+        truncated = self.t >= self.episode_length
+        info = {"is_success": self.correct == self.episode_length} if truncated else {}
+        return self._obs(), reward, False, truncated, info
+
+
+def goal_seek_expert_action(obs: np.ndarray) -> np.ndarray:
+    """GoalSeek1D's scripted expert (continuous): step straight at the goal, slowing down near it."""
+    x, goal = float(obs[0]), float(obs[1])
+    return np.array([np.clip((goal - x) / STEP, -1.0, 1.0)], np.float32)
+
+
 def register_envs() -> None:
     """Register the envs with Gymnasium (idempotent)."""
     for env_id, entry_point in (("ludus-tests/GoalSeek1D-v0", GoalSeek1D), ("ludus-tests/DictObsGoal-v0", DictObsGoal),
                                 ("ludus-tests/MaskedChoice-v0", MaskedChoice), ("ludus-tests/CueRecall-v0", CueRecall),
-                                ("ludus-tests/GoalEnv1D-v0", GoalEnv1D), ("ludus-tests/Corridor-v0", Corridor)):
+                                ("ludus-tests/GoalEnv1D-v0", GoalEnv1D), ("ludus-tests/Corridor-v0", Corridor),
+                                ("ludus-tests/RuleFollowing-v0", RuleFollowing)):
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry_point)  # no max_episode_steps: the envs truncate themselves

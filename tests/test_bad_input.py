@@ -444,9 +444,11 @@ SETTINGS_CASES = [
     ("not-a-mapping", _with("hyperparameters", 5), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters"),
     ("unknown-trainer-type", _with("trainer_type", "dqn"), grpc.StatusCode.INVALID_ARGUMENT, "trainer_type"),
     ("unknown-reward-signal", _with("reward_signals.bonus", {}), grpc.StatusCode.INVALID_ARGUMENT, "reward_signals.bonus"),
-    ("sac", _with("trainer_type", "sac"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
     ("poca", _with("trainer_type", "poca"), grpc.StatusCode.UNIMPLEMENTED, "trainer_type"),
-    ("gail", _with("reward_signals.gail", {"strength": 0.02}), grpc.StatusCode.UNIMPLEMENTED, "reward_signals.gail"),
+    ("sac with PPO keys", _with("trainer_type", "sac"), grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.num_epoch"),
+    ("gail without demo", _with("reward_signals.gail", {"strength": 0.02}), grpc.StatusCode.INVALID_ARGUMENT, "reward_signals.gail.demo_path"),
+    ("gail demo missing", _with("reward_signals.gail", {"demo_path": "nope.demo"}), grpc.StatusCode.INVALID_ARGUMENT,
+     "settings.reward_signals.gail.demo_path: no demonstration 'nope.demo'"),
     ("odd-memory-size", _with("network_settings.memory", {"memory_size": 15, "sequence_length": 8}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.memory_size"),
     ("sequence-exceeds-batch", _with("network_settings.memory", {"memory_size": 16, "sequence_length": 64}), grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.sequence_length"),
 ]

@@ -98,8 +98,8 @@ def test_bad_settings_name_the_key(overrides, key):
 
 
 @pytest.mark.parametrize("overrides,key", [
-    ({"trainer_type": "sac"}, "trainer_type"),
-    ({"reward_signals": {"gail": {}}}, "reward_signals.gail"),
+    ({"trainer_type": "poca"}, "trainer_type"),
+    ({"self_play": {"window": 10}}, "self_play"),
 ])
 def test_valid_but_unimplemented_settings(overrides, key):
     with pytest.raises(Unimplemented) as err:
@@ -132,3 +132,39 @@ def test_bad_config_file_names_the_behaviour_key():
         load_config("unknown_section: 1\n")
     with pytest.raises(InvalidArgument):
         load_config("behaviors: [1, 2\n")
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"reward_signals": {"gail": {}}}, "reward_signals.gail.demo_path"),
+    ({"reward_signals": {"extrinsic": {"demo_path": "x.demo"}}}, "reward_signals.extrinsic.demo_path"),
+    ({"reward_signals": {"curiosity": {"use_actions": True}}}, "reward_signals.curiosity.use_actions"),
+    ({"reward_signals": {"rnd": {"use_vail": True}}}, "reward_signals.rnd.use_vail"),
+    ({"reward_signals": {"extrinsic": {"learning_rate": 1e-3}}}, "reward_signals.extrinsic.learning_rate"),
+    ({"behavioral_cloning": {"strength": 0.5}}, "behavioral_cloning.demo_path"),
+    ({"behavioral_cloning": {"demo_path": "x.demo", "steps": -1}}, "behavioral_cloning.steps"),
+    ({"behavioral_cloning": {"demo_path": "x.demo", "batch_size": 0}}, "behavioral_cloning.batch_size"),
+    ({"behavioral_cloning": {"demo_path": "x.demo", "bogus": 1}}, "behavioral_cloning.bogus"),
+])
+def test_imitation_settings_are_checked(overrides, key):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_settings(overrides)
+    assert err.value.field == key and key in str(err.value)
+
+
+def test_imitation_settings_take_mlagents_keys_and_defaults():
+    s = resolve_settings({
+        "reward_signals": {"gail": {"demo_path": "Expert.demo", "use_actions": True, "strength": 0.01}},
+        "behavioral_cloning": {"demo_path": "Expert.demo", "steps": 50000, "strength": 0.5},
+    })
+    gail = s.reward_signals["gail"]
+    assert (gail.gamma, gail.use_actions, gail.use_vail, gail.learning_rate) == (0.99, True, False, None)
+    bc = s.behavioral_cloning
+    assert (bc.steps, bc.strength, bc.samples_per_update, bc.num_epoch, bc.batch_size) == (50000, 0.5, 0, None, None)
+
+
+def test_run_config_bounds_apply_under_behaviors():
+    """Numeric bounds hold inside `behaviors.<name>` of a run configuration too (they were skipped
+    there before: a negative batch_size under a behaviour name was accepted)."""
+    with pytest.raises(InvalidArgument) as err:
+        load_config("behaviors:\n  My.Agent:\n    hyperparameters:\n      batch_size: -3\n")
+    assert err.value.field == "behaviors.My.Agent.hyperparameters.batch_size"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -28,6 +28,9 @@ from ludus_client.auth import BearerTokenInterceptor, make_channel, resolve_toke
 from ludus_client.policy import LocalPolicy
 from ludus_client.spec import BehaviorSpec
 from ludus_client.tensor_codec import from_tensor, observation_array, to_tensor
+
+if TYPE_CHECKING:
+    from ludus_client.onnx_policy import OnnxPolicy
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 IDEMPOTENT_METHODS = ("RegisterBehavior", "EstimateValues", "GetPolicy", "DescribeBehavior", "ListBehaviors")
@@ -74,17 +77,33 @@ class Registration:
     reward_signals: List[str]
 
 
+#: Policy formats by name (get_policy / watch_policy `format`): safetensors for LocalPolicy,
+#: ONNX (ML-Agents' model contract) for OnnxPolicy, Unity and other engines.
+POLICY_FORMATS = {"safetensors": pb.POLICY_FORMAT_SAFETENSORS, "onnx": pb.POLICY_FORMAT_ONNX}
+
+
+def _policy_format(name: str) -> int:
+    if name not in POLICY_FORMATS:
+        raise ValueError(f"unknown policy format {name!r} (one of {', '.join(POLICY_FORMATS)})")
+    return POLICY_FORMATS[name]
+
+
 @dataclass
 class PolicyBlob:
-    """A complete serialised policy version (safetensors bytes)."""
+    """A complete serialised policy version: safetensors bytes, or an ONNX model (format "onnx")."""
 
     behavior_name: str
     version: int
     data: bytes
     sha256: str
     trained_steps: int
+    format: str = "safetensors"
 
-    def load(self) -> LocalPolicy:
+    def load(self) -> "LocalPolicy | OnnxPolicy":
+        """LocalPolicy for safetensors; OnnxPolicy (needs onnxruntime: ludus[onnx]) for ONNX."""
+        if self.format == "onnx":
+            from ludus_client.onnx_policy import OnnxPolicy
+            return OnnxPolicy.from_bytes(self.data)
         return LocalPolicy.from_bytes(self.data)
 
 
@@ -102,7 +121,8 @@ def _assemble(chunks: Iterator[pb.PolicyChunk]) -> Iterator[PolicyBlob]:
             announcement = not data and chunk.total_size > 0  # WatchPolicy(versions_only=True)
             if not announcement and (len(data) != chunk.total_size or hashlib.sha256(data).hexdigest() != chunk.sha256):
                 raise LudusError(grpc.StatusCode.DATA_LOSS, f"policy {chunk.version}: size or sha256 mismatch")
-            yield PolicyBlob(chunk.behavior_name, chunk.version, data, chunk.sha256, chunk.trained_steps)
+            fmt = "onnx" if chunk.format == pb.POLICY_FORMAT_ONNX else "safetensors"
+            yield PolicyBlob(chunk.behavior_name, chunk.version, data, chunk.sha256, chunk.trained_steps, fmt)
 
 
 class LudusClient:
@@ -203,19 +223,61 @@ class LudusClient:
         response = self._call(self.stub.Update, request)
         return dict(response.stats), response.policy_version
 
-    def submit(self, behavior_name: str, trajectories: Iterable[pb.Trajectory], timeout: Optional[float] = None) -> List[pb.SubmitTrajectoriesResponse]:
-        """Send trajectories on one stream and wait for every acknowledgement.
+    def estimate_signals(
+        self, behavior_name: str, observations: Sequence[np.ndarray], next_observations: Optional[Sequence[np.ndarray]],
+        done: bool, continuous_actions: Optional[np.ndarray] = None, discrete_actions: Optional[np.ndarray] = None,
+        rewards: Optional[np.ndarray] = None, agent_id: str = "",
+    ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """Per reward signal: the critic's value of every step and the signal's reward of every step
+        (for the signals whose inputs are given: extrinsic needs `rewards`, curiosity and GAIL with
+        use_actions need the actions)."""
+        request = pb.EstimateValuesRequest(
+            behavior_name=behavior_name, agent_id=agent_id, done=done,
+            observations=[to_tensor(observation_array(o)) for o in observations],
+            next_observations=[to_tensor(observation_array(o)) for o in (next_observations or [])],
+        )
+        for name, array, dtype in (("continuous_actions", continuous_actions, np.float32),
+                                   ("discrete_actions", discrete_actions, np.int32), ("rewards", rewards, np.float32)):
+            if array is not None:
+                getattr(request, name).CopyFrom(to_tensor(np.asarray(array, dtype=dtype)))
+        response = self._call(self.stub.EstimateValues, request)
+        values = {k: from_tensor(v, f"values[{k}]") for k, v in response.values.items()}
+        rewards_out = {k: from_tensor(v, f"signal_rewards[{k}]") for k, v in response.signal_rewards.items()}
+        return values, rewards_out
+
+    def record_demonstration(self, behavior_name: str, demonstration_name: str, trajectories: Iterable[pb.Trajectory],
+                             overwrite: bool = False, timeout: Optional[float] = None) -> pb.RecordDemonstrationResponse:
+        """Store expert trajectories (log-probabilities not needed) as `<demonstration_name>.demo`
+        in the server's demo directory; use the answer's `demo_path` in GAIL / behavioral_cloning
+        settings. Not retried: a failed recording writes nothing, so simply record again."""
+        def requests():
+            first = True
+            for trajectory in trajectories:
+                yield pb.RecordDemonstrationRequest(behavior_name=behavior_name, demonstration_name=demonstration_name,
+                                                    trajectory=trajectory, overwrite=overwrite if first else False)
+                first = False
+        try:
+            return self.stub.RecordDemonstration(requests(), timeout=timeout or self.timeout, wait_for_ready=True)
+        except grpc.RpcError as err:
+            raise LudusError.from_rpc(err) from None
+
+    def submit(self, behavior_name: str, trajectories: Iterable[pb.Trajectory], timeout: Optional[float] = None,
+               evaluate_signals: bool = False) -> List[pb.SubmitTrajectoriesResponse]:
+        """Send trajectories on one stream and wait for every acknowledgement. With
+        `evaluate_signals` each answer also carries per-signal rewards and values (slower).
 
         For continuous, pipelined submission with automatic resending, use TrajectoryStream.
         """
-        requests = [pb.SubmitTrajectoriesRequest(behavior_name=behavior_name, trajectory=t) for t in trajectories]
+        requests = [pb.SubmitTrajectoriesRequest(behavior_name=behavior_name, trajectory=t, evaluate_signals=evaluate_signals)
+                    for t in trajectories]
         try:
             return list(self.stub.SubmitTrajectories(iter(requests), timeout=timeout or self.timeout, wait_for_ready=True))
         except grpc.RpcError as err:
             raise LudusError.from_rpc(err) from None
 
-    def get_policy(self, behavior_name: str, version: int = 0) -> PolicyBlob:
-        request = pb.GetPolicyRequest(behavior_name=behavior_name, version=version, format=pb.POLICY_FORMAT_SAFETENSORS)
+    def get_policy(self, behavior_name: str, version: int = 0, format: str = "safetensors") -> PolicyBlob:
+        """A policy version (0 = latest); `format` "onnx" gives an ML-Agents-contract ONNX model."""
+        request = pb.GetPolicyRequest(behavior_name=behavior_name, version=version, format=_policy_format(format))
         try:
             blobs = list(_assemble(self.stub.GetPolicy(request, timeout=self.timeout, wait_for_ready=True)))
         except grpc.RpcError as err:
@@ -227,10 +289,15 @@ class LudusClient:
     def get_local_policy(self, behavior_name: str, version: int = 0) -> LocalPolicy:
         return self.get_policy(behavior_name, version).load()
 
-    def watch_policy(self, behavior_name: str, after_version: int = 0, versions_only: bool = False) -> "PolicyWatch":
+    def get_onnx_policy(self, behavior_name: str, version: int = 0) -> "OnnxPolicy":
+        """The version as an ONNX model run by onnxruntime (pip install 'ludus[onnx]')."""
+        return self.get_policy(behavior_name, version, format="onnx").load()
+
+    def watch_policy(self, behavior_name: str, after_version: int = 0, versions_only: bool = False,
+                     format: str = "safetensors") -> "PolicyWatch":
         """Iterate over every new policy version as it appears; `.cancel()` to stop."""
         request = pb.WatchPolicyRequest(behavior_name=behavior_name, after_version=after_version,
-                                        format=pb.POLICY_FORMAT_SAFETENSORS, versions_only=versions_only)
+                                        format=_policy_format(format), versions_only=versions_only)
         return PolicyWatch(self.stub.WatchPolicy(request, wait_for_ready=True))
 
     def describe(self, behavior_name: str) -> pb.DescribeBehaviorResponse:

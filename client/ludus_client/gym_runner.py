@@ -507,6 +507,22 @@ def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, st
     raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no policy newer than version {acted_version} within {timeout:.0f}s")
 
 
+def _await_processed(client: LudusClient, name: str, holder: PolicyHolder, stream: TrajectoryStream, timeout: float,
+                     poll: float = 0.01) -> None:
+    """Off-policy lockstep (ML-Agents' SAC loop): wait until the server has processed everything we
+    sent, including the gradient steps it owes for those steps, then act with its newest policy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stream.unacknowledged == 0:
+            state = client.describe(name)
+            if state.queued_steps == 0:
+                if state.policy_version > holder.policy.version:
+                    holder.offer(client.get_local_policy(name))
+                return
+        time.sleep(poll)
+    raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the server did not process our steps within {timeout:.0f}s")
+
+
 def run(
     env_id: EnvSource,
     server: str,
@@ -532,7 +548,9 @@ def run(
     ("action_mask") constrain the policy and travel with the trajectories.
 
     sync=True (on-policy, like SB3's rollouts): after `buffer_size` steps acted by one policy
-    version, cut every open trajectory (bootstrapped) and wait for the next version. sync=False lets
+    version, cut every open trajectory (bootstrapped) and wait for the next version. For off-policy
+    trainers (trainer_type sac) sync is lockstep instead: after `time_horizon` steps of every env,
+    wait until the server has processed them (and run the updates they owe). sync=False lets
     the envs run freely, as a real-time game would; data that lags too far is dropped by the server.
     """
     name = behavior_name or _env_name(env_id)
@@ -546,6 +564,9 @@ def run(
     registration = client.register(name, spec, settings)
     time_horizon = int(registration.settings["time_horizon"])
     rollout_steps = int(registration.settings["hyperparameters"]["buffer_size"])
+    off_policy = registration.settings.get("trainer_type") == "sac"
+    if off_policy:
+        rollout_steps = time_horizon * num_envs
     holder = PolicyHolder(client.get_local_policy(name))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(client, name, holder, stop), daemon=True, name="policy-watch")
@@ -576,6 +597,10 @@ def run(
                 acted_version, acted_steps = policy.version, 0
             if sync and acted_steps >= rollout_steps:
                 recorder.flush(obs)  # end the rollout: bootstrap every open piece
+                if off_policy:
+                    _await_processed(client, name, holder, stream, version_timeout)
+                    acted_steps = 0
+                    continue
                 if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back):
                     acted_steps = 0  # the learner needs more data (e.g. steps lost in a server crash): collect again
                 continue

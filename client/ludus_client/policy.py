@@ -35,10 +35,15 @@ class PolicyOutput:
     #: Recurrent policies: the memory after this step [B, memory_size], to feed into the next step
     #: (None for non-recurrent policies).
     memories: Optional[np.ndarray] = None
+    #: tanh-squashed policies (SAC): continuous_actions are already in (-1, 1).
+    squashed: bool = False
 
     @property
     def env_continuous_actions(self) -> np.ndarray:
-        """What the simulator should apply: clamp(a, -3, 3) / 3, in [-1, 1] (ML-Agents' convention)."""
+        """What the simulator should apply: clamp(a, -3, 3) / 3, in [-1, 1] (ML-Agents' convention);
+        a tanh-squashed policy's actions as they are."""
+        if self.squashed:
+            return self.continuous_actions
         return np.clip(self.continuous_actions, -3.0, 3.0) / 3.0
 
 
@@ -54,6 +59,11 @@ def _activation(name: str):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # no overflow warnings for large |x|
+
+
+def _log_one_minus_tanh_squared(u: np.ndarray) -> np.ndarray:
+    """log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|."""
+    return 2.0 * (np.log(2.0) - u - np.logaddexp(0.0, -2.0 * u))
 
 
 def read_safetensors_metadata(data: bytes) -> Dict[str, str]:
@@ -170,14 +180,22 @@ class LocalPolicy:
                 raise ValueError(f"memories must have shape [{h.shape[0]}, {self.memory_size}], got {list(memories.shape)}")
             h, new_memories = self._lstm_step(h, memories)
         batch = h.shape[0]
+        squashed = bool(self.architecture.get("tanh_squash", False))
         cont = np.zeros((batch, 0), np.float32)
         cont_lp = np.zeros((batch, 0), np.float32)
         if self.continuous_size:
             mu = h @ self.tensors["continuous.mu.weight"].T + self.tensors["continuous.mu.bias"]
-            log_std = self.tensors["continuous.log_std"]
+            if self.architecture.get("conditional_sigma", False):  # state-dependent log-std head
+                log_std = h @ self.tensors["continuous.log_std.weight"].T + self.tensors["continuous.log_std.bias"]
+                log_std = np.clip(log_std, self.architecture["log_std_min"], self.architecture["log_std_max"])
+            else:
+                log_std = self.tensors["continuous.log_std"]
             std = np.exp(log_std)
             cont = mu if deterministic else mu + std * rng.standard_normal(mu.shape)
             cont_lp = -0.5 * ((cont - mu) / std) ** 2 - log_std - 0.5 * LOG_2PI
+            if squashed:  # a = tanh(u): the density picks up the Jacobian of tanh
+                cont_lp = cont_lp - _log_one_minus_tanh_squared(cont)
+                cont = np.tanh(cont)
         disc = np.zeros((batch, len(self.branches)), np.int64)
         disc_lp = np.zeros((batch, len(self.branches)), np.float32)
         offset = 0
@@ -195,4 +213,4 @@ class LocalPolicy:
                 choice = (log_p + rng.gumbel(size=log_p.shape)).argmax(axis=1)
             disc[:, i] = choice
             disc_lp[:, i] = log_p[np.arange(batch), choice]
-        return PolicyOutput(cont.astype(np.float32), disc, cont_lp.astype(np.float32), disc_lp, new_memories)
+        return PolicyOutput(cont.astype(np.float32), disc, cont_lp.astype(np.float32), disc_lp, new_memories, squashed)

@@ -22,12 +22,14 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ludus_service.buffer import AgentBuffer
 from ludus_service.checkpoint import remove_stale_temp_files, save_checkpoint
 from ludus_service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from ludus_service.metrics import BehaviorMetrics, ServerMetrics
 from ludus_service.policy_store import PolicyStore
 from ludus_service.settings import TrainerSettings, resolve_settings, settings_to_dict
 from ludus_service.spec import ActionSpec, BehaviorSpec, ObservationSpec
+from ludus_service.sac_trainer import SACTrainer
 from ludus_service.trainer import PPOTrainer
 from ludus_service.validation import BatchData, TrajectoryData
 
@@ -72,14 +74,16 @@ class Behavior:
         intake_timeout: float = 10.0,
         restore: Optional[Tuple[Dict[str, torch.Tensor], dict]] = None,
         initial_weights: Optional[Dict[str, torch.Tensor]] = None,
+        demonstrations: Optional[Dict[str, AgentBuffer]] = None,
     ) -> None:
         self.name = name
         self.spec = spec
         self.settings = settings
         #: The settings a client passed at registration, used to check idempotent re-registration.
         self.explicit_settings = explicit_settings or {}
-        self.trainer = PPOTrainer(spec, settings, device, seed)
-        self.store = PolicyStore(name)
+        trainer_class = SACTrainer if settings.trainer_type == "sac" else PPOTrainer
+        self.trainer = trainer_class(spec, settings, device, seed, demonstrations=demonstrations)
+        self.store = PolicyStore(name, spec=spec, network=settings.network_settings)
         self.metrics = metrics or ServerMetrics().for_behavior(name)
         self.checkpoint_dir = checkpoint_dir / name if checkpoint_dir is not None else None
         self.max_queued_steps = max_queued_steps or max(2 * settings.hyperparameters.buffer_size, 8192)
@@ -103,6 +107,8 @@ class Behavior:
         if self.checkpoint_dir is not None:
             remove_stale_temp_files(self.checkpoint_dir)
         self.metrics.set_capacity(settings.hyperparameters.buffer_size)
+        if isinstance(self.trainer, SACTrainer):
+            self.metrics.watch_replay_buffer(self.trainer.replay)
         self._publish()
         self._worker = threading.Thread(target=self._learn_loop, name=f"learner-{name}", daemon=True)
         self._worker.start()
@@ -148,7 +154,7 @@ class Behavior:
         if traj.policy_version > current:
             # Only possible after a restart from an older checkpoint: the acting policy is unknown here.
             return self._drop(traj, UNKNOWN_VERSION)
-        if current - traj.policy_version > self.settings.max_policy_lag:
+        if getattr(self.trainer, "on_policy", True) and current - traj.policy_version > self.settings.max_policy_lag:
             return self._drop(traj, STALE)
         if self.settings.inference:
             return self._record_inference(traj)
@@ -192,8 +198,10 @@ class Behavior:
                     self.trainer.process_trajectory(traj)
                     self.metrics.value_estimation.observe(time.perf_counter() - started)
                     self.metrics.steps_processed.inc(traj.length)
-                    if self.trainer.ready_to_update():
+                    while self.trainer.ready_to_update():  # SAC: one capped burst of gradient steps per call
                         self._run_update()
+                        if self._queue:  # take queued trajectories between bursts; the rest stays owed
+                            break
                     self.metrics.buffer_steps.set(self.trainer.buffered_steps)
             except Exception:  # validated input should never fail here; keep the learner alive regardless
                 log.exception("%s: failed to process a trajectory of agent %r", self.name, traj.agent_id)
@@ -254,6 +262,23 @@ class Behavior:
         with self._lock:
             values, bootstrap, memories = self.trainer.estimate_values(observations, next_observations, done, agent_id, interrupted)
             return values, bootstrap, memories, self.trainer.policy_version
+
+    def signal_rewards(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
+                       continuous_actions: Optional[np.ndarray] = None, discrete_actions: Optional[np.ndarray] = None,
+                       rewards: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Per-step reward of every signal whose inputs are given (read-only; see PPOTrainer.signal_rewards)."""
+        with self._lock:
+            return self.trainer.signal_rewards(observations, next_observations, done, continuous_actions, discrete_actions, rewards)
+
+    def evaluate_signals(self, traj: TrajectoryData) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """SubmitTrajectories with evaluate_signals: per-signal rewards and critic values of one
+        trajectory, read-only (recurrent critics start from a zero memory: the training run's
+        memories are not disturbed)."""
+        with self._lock:
+            rewards = self.trainer.signal_rewards(traj.observations, traj.next_observations, traj.done,
+                                                  traj.continuous_actions, traj.discrete_actions, traj.rewards)
+            values = self.trainer.value_snapshot(traj.observations)
+        return rewards, values
 
     def update(self, batch: BatchData, num_sequences: int) -> Tuple[Dict[str, float], int]:
         if self.settings.inference:

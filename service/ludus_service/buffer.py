@@ -21,6 +21,8 @@ ADVANTAGES = "advantages"
 #: the start of each step's sequence (from value estimation).
 MEMORY = "memory"
 CRITIC_MEMORY = "critic_memory"
+#: 1.0 on a step that ended its episode (GAIL with use_actions sees it, as in ML-Agents).
+DONE = "done"
 
 
 def obs_key(i: int) -> str:

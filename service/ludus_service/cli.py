@@ -40,6 +40,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--inference", action="store_true",
                    help="serve every behaviour untrained (like mlagents-learn --inference): trajectories are counted, "
                         "no value estimation or updates; with --resume, serves the checkpointed policies")
+    p.add_argument("--demo-dir", default="demos",
+                   help="folder of .demo files: `demo_path` settings (GAIL, behavioral_cloning) are relative to it and "
+                        "RecordDemonstration writes into it (default ./demos)")
     p.add_argument("--log-level", default="INFO")
     add_security_args(p)  # --auth-token-file, --tls-cert, --tls-key, --tls-client-ca (ludus_service.security)
     p.add_argument("--version", action="version", version=f"ludus-server {__version__}")
@@ -74,9 +77,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from,
                                 max_queued_steps=args.max_queued_steps, intake_timeout=args.intake_timeout,
-                                force_inference=args.inference)
+                                force_inference=args.inference, demo_dir=args.demo_dir)
     if args.resume:
-        restored = registry.resume()
+        try:
+            restored = registry.resume()
+        except LudusError as err:  # e.g. a demonstration a checkpointed behaviour trains on is gone
+            log.error("--resume: %s", err)
+            return 2
         log.info("resumed %d behaviour(s): %s", len(restored), ", ".join(restored) or "none found")
     metrics_note = ""
     if args.metrics_port >= 0:

@@ -28,7 +28,7 @@ from ludus_service.settings import RewardSignalSettings
 from ludus_service.spec import BehaviorSpec
 
 DEFAULT_ENCODING = 64
-DEFAULT_LEARNING_RATES = {"curiosity": 3e-4, "rnd": 1e-4}
+DEFAULT_LEARNING_RATES = {"curiosity": 3e-4, "gail": 3e-4, "rnd": 1e-4}
 
 
 def _mlp(in_size: int, hidden: int, out_size: int, layers: int = 2) -> nn.Sequential:
@@ -78,6 +78,7 @@ class LearnedRewardProvider(RewardProvider, nn.Module):
 
 class CuriosityRewardProvider(LearnedRewardProvider):
     needs_next_observations = True
+    reads_actions = True
 
     def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
         super().__init__(name, settings, spec, device)

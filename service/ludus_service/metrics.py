@@ -53,6 +53,8 @@ class ServerMetrics:
         self.training_stat = Gauge("ludus_training_statistic", "Latest update statistics under ML-Agents' names (losses, entropy, learning rate, rewards).", ["behavior", "statistic"], registry=r)
         self.checkpoints = Counter("ludus_checkpoints_written_total", "Checkpoints written.", ["behavior"], registry=r)
         self.behaviors = Gauge("ludus_behaviors", "Registered behaviours.", registry=r)
+        self.replay_buffer_steps = Gauge("ludus_replay_buffer_steps", "Steps held in an off-policy (SAC) replay buffer.", ["behavior"], registry=r)
+        self.replay_buffer_bytes = Gauge("ludus_replay_buffer_bytes", "Memory preallocated by an off-policy (SAC) replay buffer.", ["behavior"], registry=r)
         # The standard process_* (CPU seconds, resident memory, open fds) and python_info series.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -89,6 +91,11 @@ class BehaviorMetrics:
 
     def set_capacity(self, steps: int) -> None:
         self.server.buffer_capacity.labels(self.name).set(steps)
+
+    def watch_replay_buffer(self, replay) -> None:
+        """Report a replay buffer's fill and footprint, read at scrape time (no learner-thread work)."""
+        self.server.replay_buffer_steps.labels(self.name).set_function(lambda: replay.num_experiences)
+        self.server.replay_buffer_bytes.labels(self.name).set_function(lambda: replay.nbytes)
 
     def rejected(self, reason: str, steps: int) -> None:
         self.server.trajectories_rejected.labels(self.name, reason).inc()

@@ -223,17 +223,33 @@ class Trunk(nn.Module):
         return hidden, final
 
 
+def squash_correction(unsquashed: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(u)^2), computed stably as 2 * (log 2 - u - softplus(-2u)): the change of
+    variables a = tanh(u) subtracts it from the Gaussian log-density."""
+    return 2.0 * (math.log(2.0) - unsquashed - nn.functional.softplus(-2.0 * unsquashed))
+
+
 class Actor(Trunk):
-    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder) -> None:
+    """`conditional_sigma` (log-std from a linear head of the hidden state instead of a free
+    parameter) and `tanh_squash` (actions tanh(u), log-probs with the tanh correction) are
+    ML-Agents' SAC policy options; PPO uses neither."""
+
+    def __init__(self, spec: BehaviorSpec, settings: NetworkSettings, encoder: ObservationEncoder,
+                 conditional_sigma: bool = False, tanh_squash: bool = False) -> None:
         super().__init__(spec, settings, encoder)
         self.spec = spec
         self.settings = settings
         hidden = self.hidden_size
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
+        self.conditional_sigma = conditional_sigma
+        self.tanh_squash = tanh_squash
         if self.continuous_size:
             self.mu = _init_linear(nn.Linear(hidden, self.continuous_size), 0.01)
-            self.log_std = nn.Parameter(torch.zeros(self.continuous_size))
+            if conditional_sigma:
+                self.log_std_head = _init_linear(nn.Linear(hidden, self.continuous_size), 0.01)
+            else:
+                self.log_std = nn.Parameter(torch.zeros(self.continuous_size))
         self.branch_heads = nn.ModuleList(_init_linear(nn.Linear(hidden, b), 0.01) for b in self.branches)
 
     def evaluate(
@@ -253,12 +269,15 @@ class Actor(Trunk):
         cont_lp = torch.zeros(n, 0, device=hidden.device)
         disc_lp = torch.zeros(n, 0, device=hidden.device)
         if self.continuous_size:
-            mu = self.mu(hidden)
-            log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
+            mu, log_std = self.gaussian(hidden)
             # No argument validation: a non-finite mu (from extreme but finite inputs) must reach the
             # optimizer's non-finite check, not raise ValueError here.
             dist = torch.distributions.Normal(mu, log_std.exp(), validate_args=False)
-            cont_lp = dist.log_prob(continuous_actions)
+            if self.tanh_squash:  # given actions are tanh(u): log p(a) = log N(u) - log(1 - tanh(u)^2)
+                unsquashed = torch.atanh(continuous_actions.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
+                cont_lp = dist.log_prob(unsquashed) - squash_correction(unsquashed)
+            else:
+                cont_lp = dist.log_prob(continuous_actions)
             entropy = entropy + dist.entropy().sum(dim=1)
         if self.branches:
             lps, offset = [], 0
@@ -272,6 +291,13 @@ class Actor(Trunk):
                 entropy = entropy - (probs * log_p).sum(dim=1)
             disc_lp = torch.cat(lps, dim=1)
         return ActionEvaluation(cont_lp, disc_lp, entropy)
+
+    def gaussian(self, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-std [N, continuous_size] of the (pre-squash) Gaussian."""
+        mu = self.mu(hidden)
+        if self.conditional_sigma:
+            return mu, self.log_std_head(hidden).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return mu, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
 
     def export(self) -> Tuple[Dict[str, np.ndarray], dict]:
         """Named float32 arrays and the architecture the SDK's numpy forward pass follows."""
@@ -291,7 +317,11 @@ class Actor(Trunk):
         if self.continuous_size:
             tensors["continuous.mu.weight"] = self.mu.weight.detach().cpu().numpy()
             tensors["continuous.mu.bias"] = self.mu.bias.detach().cpu().numpy()
-            tensors["continuous.log_std"] = self.log_std.detach().clamp(LOG_STD_MIN, LOG_STD_MAX).cpu().numpy()
+            if self.conditional_sigma:
+                tensors["continuous.log_std.weight"] = self.log_std_head.weight.detach().cpu().numpy()
+                tensors["continuous.log_std.bias"] = self.log_std_head.bias.detach().cpu().numpy()
+            else:
+                tensors["continuous.log_std"] = self.log_std.detach().clamp(LOG_STD_MIN, LOG_STD_MAX).cpu().numpy()
         for i, head in enumerate(self.branch_heads):
             tensors[f"discrete.{i}.weight"] = head.weight.detach().cpu().numpy()
             tensors[f"discrete.{i}.bias"] = head.bias.detach().cpu().numpy()
@@ -303,7 +333,8 @@ class Actor(Trunk):
             tensors.update(goal_tensors)
         architecture = {
             # v1 readers know vector observations only; a policy with visual encoders needs a v2 reader.
-            "format": "ludus.actor.v2" if visual or entities or goal_layer or self.memory is not None else "ludus.mlp_actor.v1",
+            "format": "ludus.actor.v2" if (visual or entities or goal_layer or self.memory is not None
+                                           or self.conditional_sigma or self.tanh_squash) else "ludus.mlp_actor.v1",
             "observation_sizes": self.encoder.sizes,
             "vector_observations": self.encoder.vector_indices,
             "observation_shapes": [list(o.shape) for o in self.spec.observations],
@@ -325,6 +356,10 @@ class Actor(Trunk):
             architecture["goal_observations"] = self.encoder.goal_indices
         if self.memory is not None:
             architecture["memory_size"] = self.memory.memory_size
+        if self.conditional_sigma:  # log_std = clamp(h @ W.T + b, log_std_min, log_std_max)
+            architecture.update(conditional_sigma=True, log_std_min=LOG_STD_MIN, log_std_max=LOG_STD_MAX)
+        if self.tanh_squash:  # actions are tanh(u) in (-1, 1), applied unclipped
+            architecture["tanh_squash"] = True
         # Copies: .numpy() of a CPU parameter shares its memory, and Adam updates parameters in place,
         # so without a copy a published version's weights would change with later updates.
         return {k: np.array(v, dtype=np.float32, order="C") for k, v in tensors.items()}, architecture

@@ -3,6 +3,11 @@
 A snapshot is taken (CPU numpy copies of the actor) each time the version changes, so the bytes of
 a version never change afterwards. Serialisation to safetensors happens once per version, on first
 request, and is cached. A bounded number of recent versions is kept.
+
+ONNX (ludus_service.onnx_export) is also produced once per version, on first request, by the
+requesting RPC thread: the snapshot rebuilds an actor from its numpy copies (so the learner thread
+never waits for an export, and the module it keeps training is never traced). Its own lock: a
+safetensors request never queues behind an ONNX export.
 """
 from __future__ import annotations
 
@@ -11,14 +16,21 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from safetensors.numpy import save as safetensors_save
 
-from ludus_service.errors import NotFound
+from ludus_service.errors import NotFound, Unimplemented
+
+if TYPE_CHECKING:
+    from ludus_service.settings import NetworkSettings
+    from ludus_service.spec import BehaviorSpec
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: well under gRPC's 4 MiB default message limit
+#: Serialisations a snapshot offers (PolicySnapshot.serialized's `fmt`).
+SAFETENSORS = "safetensors"
+ONNX = "onnx"
 
 
 @dataclass
@@ -28,11 +40,20 @@ class PolicySnapshot:
     trained_steps: int
     tensors: Dict[str, np.ndarray]
     architecture: dict
+    #: What an ONNX export needs to rebuild the actor (None: this store cannot export ONNX).
+    spec: Optional["BehaviorSpec"] = field(default=None, repr=False)
+    network: Optional["NetworkSettings"] = field(default=None, repr=False)
     _payload: Optional[Tuple[bytes, str]] = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _onnx_payload: Optional[Tuple[bytes, str]] = field(default=None, repr=False)
+    _onnx_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def serialized(self) -> Tuple[bytes, str]:
-        """(safetensors bytes, sha256 hex), computed once."""
+    def serialized(self, fmt: str = SAFETENSORS) -> Tuple[bytes, str]:
+        """(bytes, sha256 hex) in `fmt` (SAFETENSORS or ONNX), computed once per format."""
+        if fmt == ONNX:
+            return self.onnx()
+        if fmt != SAFETENSORS:
+            raise ValueError(f"unknown policy format {fmt!r}")
         with self._lock:
             if self._payload is None:
                 metadata = {
@@ -45,17 +66,40 @@ class PolicySnapshot:
                 self._payload = (data, hashlib.sha256(data).hexdigest())
             return self._payload
 
-    def chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[Tuple[int, bytes, bool]]:
-        data, _ = self.serialized()
+    def onnx(self) -> Tuple[bytes, str]:
+        """(ONNX model bytes, sha256 hex) with ML-Agents' model contract, exported once.
+
+        Unimplemented when this snapshot cannot be exported (no spec/network settings were given to
+        the store, or the onnx package is missing)."""
+        with self._onnx_lock:
+            if self._onnx_payload is None:
+                if self.spec is None or self.network is None:
+                    raise Unimplemented("format", f"ONNX export is not available for behaviour {self.behavior_name!r}")
+                try:
+                    from ludus_service.onnx_export import export_snapshot
+                    data = export_snapshot(self.spec, self.network, self.tensors, self.version, self.behavior_name,
+                                           self.architecture)
+                except ImportError as err:
+                    raise Unimplemented("format", f"ONNX export needs the onnx package on the server "
+                                                  f"(pip install 'ludus[server]'): {err}") from None
+                self._onnx_payload = (data, hashlib.sha256(data).hexdigest())
+            return self._onnx_payload
+
+    def chunks(self, chunk_size: int = CHUNK_SIZE, fmt: str = SAFETENSORS) -> Iterator[Tuple[int, bytes, bool]]:
+        data, _ = self.serialized(fmt)
         for offset in range(0, max(len(data), 1), chunk_size):
             piece = data[offset:offset + chunk_size]
             yield offset, piece, offset + chunk_size >= len(data)
 
 
 class PolicyStore:
-    def __init__(self, behavior_name: str, keep_versions: int = 16) -> None:
+    def __init__(self, behavior_name: str, keep_versions: int = 16, spec: Optional["BehaviorSpec"] = None,
+                 network: Optional["NetworkSettings"] = None) -> None:
+        """`spec` and `network` (the behaviour's network settings) let snapshots export ONNX."""
         self.behavior_name = behavior_name
         self.keep_versions = keep_versions
+        self.spec = spec
+        self.network = network
         self._snapshots: "OrderedDict[int, PolicySnapshot]" = OrderedDict()
         self._changed = threading.Condition()
         self._closed = False
@@ -66,7 +110,8 @@ class PolicyStore:
             return next(reversed(self._snapshots)) if self._snapshots else 0
 
     def publish(self, version: int, trained_steps: int, tensors: Dict[str, np.ndarray], architecture: dict) -> None:
-        snapshot = PolicySnapshot(self.behavior_name, version, trained_steps, tensors, architecture)
+        snapshot = PolicySnapshot(self.behavior_name, version, trained_steps, tensors, architecture,
+                                  spec=self.spec, network=self.network)
         with self._changed:
             self._snapshots[version] = snapshot
             while len(self._snapshots) > self.keep_versions:

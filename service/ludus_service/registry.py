@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -10,7 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from ludus.v1 import trainer_pb2 as pb
-from ludus_service.behavior import Behavior
+from ludus_service.behavior import Behavior, spec_from_dict
+from ludus_service.buffer import AgentBuffer
+from ludus_service.experts import load_expert_buffer
 from ludus_service.checkpoint import latest_checkpoint, load_checkpoint
 from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound
 from ludus_service.metrics import ServerMetrics
@@ -18,6 +21,8 @@ from ludus_service.settings import ServerConfig, TrainerSettings, resolve_settin
 from ludus_service.spec import BehaviorSpec, check_spec_fits_settings, parse_spec, validate_behavior_name
 
 log = logging.getLogger(__name__)
+#: Names RecordDemonstration accepts (a file name, never a path).
+DEMO_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:
@@ -46,6 +51,7 @@ class BehaviorRegistry:
         max_queued_steps: Optional[int] = None,
         intake_timeout: float = 10.0,
         force_inference: bool = False,
+        demo_dir: Optional[Path] = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.device = torch.device(device)
@@ -57,10 +63,59 @@ class BehaviorRegistry:
         self.intake_timeout = intake_timeout
         #: `ludus-server --inference`: every behaviour, registered or resumed, is served untrained.
         self.force_inference = force_inference
+        #: Where `demo_path` settings point into and RecordDemonstration writes (`--demo-dir`).
+        self.demo_dir = Path(demo_dir) if demo_dir is not None else Path("demos")
         self._behaviors: Dict[str, Behavior] = {}
         self._lock = threading.Lock()
         #: Set at graceful shutdown: new trainer RPCs are refused with UNAVAILABLE.
         self.shutting_down = False
+
+    # -- demonstrations ----------------------------------------------------------------------------
+    def demo_file(self, demo_path: str, field: str) -> Path:
+        """The file a `demo_path` setting names: relative to the demo directory and inside it, so
+        settings sent over the network cannot make the server read arbitrary files."""
+        if not demo_path:
+            raise InvalidArgument(field, "is empty")
+        if Path(demo_path).is_absolute():
+            raise InvalidArgument(field, f"must be relative to the server's demo directory ({self.demo_dir}), got {demo_path!r}")
+        root = self.demo_dir.resolve()
+        full = (root / demo_path).resolve()
+        if root not in full.parents:
+            raise InvalidArgument(field, f"{demo_path!r} leaves the server's demo directory ({self.demo_dir})")
+        if not full.is_file():
+            raise InvalidArgument(field, f"no demonstration {demo_path!r} in the server's demo directory ({self.demo_dir}); "
+                                         "record one with RecordDemonstration or copy the .demo file there")
+        return full
+
+    def demo_recording_path(self, name: str, overwrite: bool, field: str = "requests[0].demonstration_name") -> Path:
+        """Where RecordDemonstration writes `<name>.demo`: a plain file name in the demo directory."""
+        if not DEMO_NAME.fullmatch(name or ""):
+            raise InvalidArgument(field, f"must be 1-128 letters, digits, '_', '-' or '.', not starting with '.', got {name!r}")
+        path = self.demo_dir / f"{name}.demo"
+        if path.exists() and not overwrite:
+            raise FailedPrecondition(field, f"{path.name} already exists in the server's demo directory; "
+                                            "choose another name or set overwrite")
+        return path
+
+    def load_demonstrations(self, settings: TrainerSettings, spec: BehaviorSpec, field_prefix: str = "settings"
+                            ) -> Dict[str, AgentBuffer]:
+        """Expert steps of every demonstration the settings name (GAIL signals, behavioral_cloning),
+        by demo_path, each checked against the behaviour's spec (INVALID_ARGUMENT saying what differs)."""
+        sequence_length = settings.network_settings.memory.sequence_length if settings.network_settings.memory else 1
+        loaded: Dict[str, AgentBuffer] = {}
+        for field, demo_path, path in self.demo_files(settings, field_prefix):
+            if demo_path not in loaded:
+                loaded[demo_path] = load_expert_buffer(path, spec, field, sequence_length)
+        return loaded
+
+    def demo_files(self, settings: TrainerSettings, field_prefix: str = "settings") -> List[Tuple[str, str, Path]]:
+        """(settings field, demo_path, file) of every demonstration the settings name, each checked
+        to exist inside the demo directory (cheap: nothing is read)."""
+        wanted = [(f"{field_prefix}.reward_signals.{name}.demo_path", s.demo_path)
+                  for name, s in settings.reward_signals.items() if s.demo_path]
+        if settings.behavioral_cloning is not None:
+            wanted.append((f"{field_prefix}.behavioral_cloning.demo_path", settings.behavioral_cloning.demo_path))
+        return [(field, demo_path, self.demo_file(demo_path, field)) for field, demo_path in wanted]
 
     def _behavior_kwargs(self, name: str) -> Dict[str, Any]:
         return dict(device=self.device, seed=self.seed, metrics=self.metrics.for_behavior(name), checkpoint_dir=self.checkpoint_dir,
@@ -77,7 +132,10 @@ class BehaviorRegistry:
                 continue
             path, tensors, meta = found
             name = meta["behavior_name"]
-            self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, inference=self.force_inference or None, **self._behavior_kwargs(name))
+            demonstrations = self.load_demonstrations(resolve_settings(meta["settings"]), spec_from_dict(meta["spec"]),
+                                                      f"checkpoint {path}: settings")
+            self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, inference=self.force_inference or None,
+                                                             demonstrations=demonstrations, **self._behavior_kwargs(name))
             log.info("resumed %s from %s (step %d, policy version %d)", name, path, self._behaviors[name].trainer.step,
                      self._behaviors[name].policy_version)
             restored.append(name)
@@ -109,6 +167,7 @@ class BehaviorRegistry:
         if self.force_inference:
             settings = dataclasses.replace(settings, inference=True)
         check_spec_fits_settings(spec, settings.network_settings.vis_encode_type)
+        self.demo_files(settings)  # a missing demonstration is the same error for new and existing names
         with self._lock:
             existing = self._behaviors.get(name)
             if existing is not None:
@@ -119,8 +178,10 @@ class BehaviorRegistry:
                     raise FailedPrecondition("settings", f"behaviour {name!r} is registered with different settings: {diff}")
                 return existing, False
             weights = self._initial_weights(name, settings)
+            demonstrations = self.load_demonstrations(settings, spec)
             try:
-                behavior = Behavior(name, spec, settings, dict(overrides or {}), initial_weights=weights, **self._behavior_kwargs(name))
+                behavior = Behavior(name, spec, settings, dict(overrides or {}), initial_weights=weights,
+                                    demonstrations=demonstrations, **self._behavior_kwargs(name))
             except RuntimeError as err:  # e.g. init weights whose shapes do not fit this spec/network
                 raise FailedPrecondition("settings.init_path", f"initial weights do not fit behaviour {name!r}: {err}") from None
             self._behaviors[name] = behavior

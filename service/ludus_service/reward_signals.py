@@ -7,7 +7,7 @@ at episode ends (extrinsic, GAIL) or always taken (curiosity, RND).
 from __future__ import annotations
 
 import abc
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ class RewardProvider(abc.ABC):
     respects_done: bool = True
     #: Whether evaluate/update read the next observation of every step (buffer fields next_obs_i).
     needs_next_observations: bool = False
+    #: Whether evaluate/update read the buffer field `done` (1.0 on a step that ended its episode).
+    needs_dones: bool = False
+    #: Whether evaluate reads the actions (curiosity; GAIL with use_actions).
+    reads_actions: bool = False
 
     def __init__(self, name: str, settings: RewardSignalSettings) -> None:
         self.name = name
@@ -50,11 +54,20 @@ class ExtrinsicRewardProvider(RewardProvider):
         return (buffer[ENVIRONMENT_REWARDS] * self.strength).astype(np.float32)
 
 
-def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None, device="cpu") -> RewardProvider:
-    """The provider of a configured signal; learned ones (curiosity, rnd) need the spec and device."""
+def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None, device="cpu",
+                           expert: Optional[AgentBuffer] = None) -> RewardProvider:
+    """The provider of a configured signal; learned ones (curiosity, rnd, gail) need the spec and
+    device, and GAIL the expert's steps."""
     if name == "extrinsic":
         return ExtrinsicRewardProvider(name, settings)
     from ludus_service.learned_rewards import CuriosityRewardProvider, RNDRewardProvider  # torch networks
+
+    if name == "gail":
+        from ludus_service.gail import GAILRewardProvider
+
+        if expert is None:
+            raise ValueError("GAIL needs its demonstration (reward_signals.gail.demo_path) loaded")
+        return GAILRewardProvider(name, settings, spec, torch.device(device), expert)
 
     learned = {"curiosity": CuriosityRewardProvider, "rnd": RNDRewardProvider}
     if name not in learned:

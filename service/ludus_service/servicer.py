@@ -17,14 +17,18 @@ from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client.tensor_codec import to_tensor
 from ludus_service.behavior import STALE, UNKNOWN_VERSION
-from ludus_service.errors import Internal, InvalidArgument, LudusError, Unavailable
-from ludus_service.policy_store import PolicySnapshot
+from ludus_service.errors import Internal, InvalidArgument, LudusError, ResourceExhausted, Unavailable
+from ludus_service.policy_store import ONNX, SAFETENSORS, PolicySnapshot
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.settings import settings_to_dict
-from ludus_service.validation import decode_observations, parse_batch, parse_trajectory
+from ludus_service.demonstrations import DemonstrationRecorder, load_demonstration
+from ludus_service.validation import decode_observations, parse_batch, parse_trajectory, parse_value_query_inputs
 
 log = logging.getLogger(__name__)
 WATCH_POLL_SECONDS = 1.0
+#: A recording is held in memory until its stream ends (so nothing is written unless all of it is
+#: valid): bounded, so one client cannot exhaust the server's memory.
+MAX_RECORDING_BYTES = 1 << 30
 
 
 def _internal(err: Exception) -> LudusError:
@@ -114,20 +118,29 @@ def _from_value(value: struct_pb2.Value):
     return None if kind in (None, "null_value") else getattr(value, kind)
 
 
-def _policy_chunks(snapshot: PolicySnapshot, versions_only: bool = False) -> Iterator[pb.PolicyChunk]:
-    data, digest = snapshot.serialized()
-    common = dict(behavior_name=snapshot.behavior_name, version=snapshot.version, format=pb.POLICY_FORMAT_SAFETENSORS,
+def _policy_chunks(snapshot: PolicySnapshot, versions_only: bool = False,
+                   fmt: int = pb.POLICY_FORMAT_SAFETENSORS) -> Iterator[pb.PolicyChunk]:
+    """A version's bytes in `fmt` (a resolved format from _check_format), chunked. An announcement
+    (versions_only) carries the size and sha256 of that format's bytes too, so ONNX is exported
+    (once per version, cached) before it is announced."""
+    kind = ONNX if fmt == pb.POLICY_FORMAT_ONNX else SAFETENSORS
+    data, digest = snapshot.serialized(kind)
+    common = dict(behavior_name=snapshot.behavior_name, version=snapshot.version, format=fmt,
                   total_size=len(data), sha256=digest, trained_steps=snapshot.trained_steps)
     if versions_only:
         yield pb.PolicyChunk(offset=0, data=b"", last=True, **common)
         return
-    for offset, piece, last in snapshot.chunks():
+    for offset, piece, last in snapshot.chunks(fmt=kind):
         yield pb.PolicyChunk(offset=offset, data=piece, last=last, **common)
 
 
-def _check_format(fmt: int) -> None:
-    if fmt not in (pb.POLICY_FORMAT_UNSPECIFIED, pb.POLICY_FORMAT_SAFETENSORS):
-        raise InvalidArgument("format", f"unsupported policy format {fmt} (supported: POLICY_FORMAT_SAFETENSORS)")
+def _check_format(fmt: int) -> int:
+    """The format to serve: UNSPECIFIED means SAFETENSORS; anything unknown is INVALID_ARGUMENT."""
+    if fmt in (pb.POLICY_FORMAT_UNSPECIFIED, pb.POLICY_FORMAT_SAFETENSORS):
+        return pb.POLICY_FORMAT_SAFETENSORS
+    if fmt == pb.POLICY_FORMAT_ONNX:
+        return pb.POLICY_FORMAT_ONNX
+    raise InvalidArgument("format", f"unsupported policy format {fmt} (supported: POLICY_FORMAT_SAFETENSORS, POLICY_FORMAT_ONNX)")
 
 
 _DROP_REASONS = {None: pb.DROP_REASON_NONE, STALE: pb.DROP_REASON_STALE_POLICY_VERSION, UNKNOWN_VERSION: pb.DROP_REASON_UNKNOWN_POLICY_VERSION}
@@ -166,9 +179,12 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             if not request.next_observations:
                 raise InvalidArgument("next_observations", "are required unless done is true (needed to bootstrap)")
             next_obs = decode_observations(request.next_observations, behavior.spec, "next_observations", ())
+        continuous, discrete, rewards = parse_value_query_inputs(request, behavior.spec, steps)
         values, bootstrap, memories, version = behavior.estimate_values(observations, next_obs, request.done, request.agent_id,
                                                                         request.interrupted)
         response = pb.EstimateValuesResponse(policy_version=version)
+        for name, array in behavior.signal_rewards(observations, next_obs, request.done, continuous, discrete, rewards).items():
+            response.signal_rewards[name].CopyFrom(to_tensor(array.astype("float32")))
         for name, array in values.items():
             response.values[name].CopyFrom(to_tensor(array.astype("float32")))
             response.bootstrap_values[name] = bootstrap[name]
@@ -181,6 +197,8 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         behavior = self.registry.get(request.behavior_name)
         if request.num_sequences < 1:
             raise InvalidArgument("num_sequences", f"must be >= 1, got {request.num_sequences}")
+        if behavior.settings.trainer_type == "sac":  # before parsing: PPO's required fields do not apply
+            behavior.trainer.update_from_batch(None, request.num_sequences)
         batch = parse_batch(request.batch, behavior.spec, behavior.signal_names, memory_size=behavior.memory_size)
         stats, version = behavior.update(batch, request.num_sequences)
         return pb.UpdateResponse(stats=stats, policy_version=version)
@@ -197,24 +215,30 @@ class TrainerServicer(pb_grpc.TrainerServicer):
                 shape = request.trajectory.rewards.shape
                 behavior.metrics.rejected("invalid", max(int(shape[0]), 0) if len(shape) == 1 else 0)
                 raise
+            evaluated = behavior.evaluate_signals(trajectory) if request.evaluate_signals else None
             result = behavior.submit(trajectory, prefix)
-            yield pb.SubmitTrajectoriesResponse(
+            response = pb.SubmitTrajectoriesResponse(
                 accepted_steps=result.accepted_steps, dropped_steps=result.dropped_steps,
                 drop_reason=_DROP_REASONS[result.drop_reason],
                 policy_version=result.policy_version, latest_update_stats=result.latest_stats, total_steps=result.total_steps,
             )
+            if evaluated is not None:
+                for target, arrays in zip((response.signal_rewards, response.signal_values), evaluated):
+                    for name, array in arrays.items():
+                        target[name].CopyFrom(to_tensor(array.astype("float32")))
+            yield response
 
     @_map_stream_errors
     def GetPolicy(self, request: pb.GetPolicyRequest, context) -> Iterator[pb.PolicyChunk]:
-        _check_format(request.format)
+        fmt = _check_format(request.format)
         behavior = self.registry.get(request.behavior_name)
         if request.version < 0:
             raise InvalidArgument("version", f"must be >= 0 (0 = latest), got {request.version}")
-        yield from _policy_chunks(behavior.store.get(request.version))
+        yield from _policy_chunks(behavior.store.get(request.version), fmt=fmt)
 
     @_map_stream_errors
     def WatchPolicy(self, request: pb.WatchPolicyRequest, context) -> Iterator[pb.PolicyChunk]:
-        _check_format(request.format)
+        fmt = _check_format(request.format)
         behavior = self.registry.get(request.behavior_name)
         store = behavior.store
         after = request.after_version if request.after_version > 0 else store.latest_version - 1
@@ -223,7 +247,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             snapshot = store.wait_newer(after, WATCH_POLL_SECONDS)
             if snapshot is None:
                 continue
-            yield from _policy_chunks(snapshot, request.versions_only)
+            yield from _policy_chunks(snapshot, request.versions_only, fmt)
             after = snapshot.version
 
     @_map_errors
@@ -235,6 +259,43 @@ class TrainerServicer(pb_grpc.TrainerServicer):
             buffered_steps=b.trainer.buffered_steps, queued_steps=b.queued_steps,
             dropped_stale_steps=b.dropped_stale_steps, latest_update_stats=b.trainer.latest_stats,
         )
+
+    @_map_errors
+    def RecordDemonstration(self, request_iterator, context) -> pb.RecordDemonstrationResponse:
+        """Validate every expert trajectory, then write one `.demo` file atomically (nothing on error)."""
+        recorder = behavior = None
+        name, overwrite, held_bytes = "", False, 0
+        for index, request in enumerate(request_iterator):
+            _refuse_if_shutting_down(self)
+            if behavior is None:
+                behavior = self.registry.get(request.behavior_name)
+                name, overwrite = request.demonstration_name, request.overwrite
+                target = self.registry.demo_recording_path(name, overwrite)
+                recorder = DemonstrationRecorder(behavior.spec, target.parent, brain_name=behavior.name)
+            elif request.behavior_name and request.behavior_name != behavior.name:
+                raise InvalidArgument(f"requests[{index}].behavior_name",
+                                      f"{request.behavior_name!r} differs from the recording's behaviour {behavior.name!r}")
+            if not request.HasField("trajectory"):
+                continue
+            prefix = f"requests[{index}].trajectory"
+            traj = parse_trajectory(request.trajectory, behavior.spec, prefix, demonstration=True)
+            held_bytes += sum(o.nbytes for o in traj.observations)
+            if held_bytes > MAX_RECORDING_BYTES:
+                raise ResourceExhausted(prefix, f"the recording exceeds {MAX_RECORDING_BYTES >> 20} MiB of observations; "
+                                                "split it into several demonstrations (demo_path may name a folder of them)")
+            recorder.add(observations=traj.observations, rewards=traj.rewards, agent_id=traj.agent_id,
+                         continuous_actions=traj.continuous_actions, discrete_actions=traj.discrete_actions,
+                         done=traj.done, interrupted=traj.interrupted, action_masks=traj.action_masks,
+                         next_observations=traj.next_observations)
+        if recorder is None:
+            raise InvalidArgument("requests", "the stream was empty: the first message names the behaviour and the demonstration")
+        if recorder.num_records == 0:
+            raise InvalidArgument("requests[0].trajectory", "no trajectory was sent: nothing to record")
+        path = recorder.finish(name, overwrite=overwrite)
+        demo = load_demonstration(path, behavior.spec, "demonstration")  # what GAIL/BC will read, checked now
+        meta = demo.metas[0]
+        return pb.RecordDemonstrationResponse(demo_path=path.name, steps=demo.num_steps, episodes=meta.number_episodes,
+                                              mean_reward=meta.mean_reward)
 
     @_map_errors
     def ListBehaviors(self, request: pb.ListBehaviorsRequest, context) -> pb.ListBehaviorsResponse:

@@ -63,21 +63,78 @@ class PPOHyperparameters:
 
 
 @dataclass
+class SACHyperparameters:
+    """ML-Agents' SACSettings (trainer_type: sac), with its defaults."""
+
+    batch_size: int = 128
+    buffer_size: int = 50000
+    #: Steps collected (with the untrained policy) before the first update.
+    buffer_init_steps: int = 0
+    learning_rate: float = 3.0e-4
+    learning_rate_schedule: Schedule = "constant"
+    #: Polyak averaging rate of the target value network.
+    tau: float = 0.005
+    #: Environment steps per gradient step.
+    steps_per_update: float = 1.0
+    init_entcoef: float = 1.0
+    #: Write the replay buffer into checkpoints (restored by --resume).
+    save_replay_buffer: bool = False
+    #: Environment steps per reward-signal update; None = steps_per_update (ML-Agents' rule).
+    reward_signal_steps_per_update: Optional[float] = None
+
+
+#: The hyperparameters section of each implemented trainer_type.
+HYPERPARAMETER_CLASSES = {"ppo": PPOHyperparameters, "sac": SACHyperparameters}
+_SAC_BOUNDS: Dict[str, tuple] = {
+    "hyperparameters.buffer_init_steps": (0, None, True),
+    "hyperparameters.tau": (0.0, 1.0, False),
+    "hyperparameters.steps_per_update": (0.0, None, False),
+    "hyperparameters.reward_signal_steps_per_update": (0.0, None, False),
+    "hyperparameters.init_entcoef": (0.0, None, False),
+}
+
+
+@dataclass
 class RewardSignalSettings:
     gamma: float = 0.99
     strength: float = 1.0
     network_settings: Optional[NetworkSettings] = None
     #: curiosity and rnd only (None = ML-Agents' default: 3e-4 for curiosity, 1e-4 for rnd).
     learning_rate: Optional[float] = None
-    #: curiosity and rnd only: size of the learned state encoding (ML-Agents' deprecated key; None =
+    #: curiosity, rnd and gail: size of the learned state encoding (ML-Agents' deprecated key; None =
     #: network_settings.hidden_units when given, else 64).
     encoding_size: Optional[int] = None
+    #: gail only (then required): the expert's `.demo` file, relative to the server's demo directory
+    #: (`ludus-server --demo-dir`, where RecordDemonstration stores recordings).
+    demo_path: Optional[str] = None
+    #: gail only: the discriminator also sees the actions (and whether the step ended the episode).
+    use_actions: bool = False
+    #: gail only: variational discriminator bottleneck (VAIL).
+    use_vail: bool = False
+
+
+@dataclass
+class BehavioralCloningSettings:
+    """ML-Agents' `behavioral_cloning`: imitate a demonstration with a supervised loss."""
+
+    #: The expert's `.demo` file, relative to the server's demo directory (required).
+    demo_path: str = ""
+    #: Steps over which the cloning strength decays linearly to 0; 0 = constant.
+    steps: int = 0
+    #: Cloning learning rate = the policy's learning rate x strength.
+    strength: float = 1.0
+    #: Demonstration steps used per update; 0 = the whole demonstration.
+    samples_per_update: int = 0
+    #: None = the trainer's num_epoch / batch_size.
+    num_epoch: Optional[int] = None
+    batch_size: Optional[int] = None
 
 
 @dataclass
 class TrainerSettings:
     trainer_type: str = "ppo"
-    hyperparameters: PPOHyperparameters = field(default_factory=PPOHyperparameters)
+    #: PPOHyperparameters or SACHyperparameters, chosen by trainer_type (HYPERPARAMETER_CLASSES).
+    hyperparameters: Any = field(default_factory=PPOHyperparameters)
     network_settings: NetworkSettings = field(default_factory=NetworkSettings)
     reward_signals: Dict[str, RewardSignalSettings] = field(
         default_factory=lambda: {"extrinsic": RewardSignalSettings()}
@@ -99,15 +156,24 @@ class TrainerSettings:
     #: For evaluating a fixed policy, serving many simulators from one trained policy, and measuring
     #: raw ingestion.
     inference: bool = False
+    behavioral_cloning: Optional[BehavioralCloningSettings] = None
 
 
 #: Reward signals ML-Agents knows; only these are accepted as keys of `reward_signals`.
 KNOWN_REWARD_SIGNALS = ("extrinsic", "curiosity", "gail", "rnd")
-IMPLEMENTED_REWARD_SIGNALS = ("extrinsic", "curiosity", "rnd")
+IMPLEMENTED_REWARD_SIGNALS = ("extrinsic", "curiosity", "gail", "rnd")
+#: Keys that only some reward signals take: the signals that accept each one.
+SIGNAL_SPECIFIC_KEYS = {
+    "learning_rate": ("curiosity", "gail", "rnd"),
+    "encoding_size": ("curiosity", "gail", "rnd"),
+    "demo_path": ("gail",),
+    "use_actions": ("gail",),
+    "use_vail": ("gail",),
+}
 KNOWN_TRAINER_TYPES = ("ppo", "sac", "poca")
-IMPLEMENTED_TRAINER_TYPES = ("ppo",)
+IMPLEMENTED_TRAINER_TYPES = ("ppo", "sac")
 #: Behaviour-level ML-Agents keys that this server accepts but does not act on yet.
-ACCEPTED_UNUSED_KEYS = ("self_play", "behavioral_cloning")
+ACCEPTED_UNUSED_KEYS = ("self_play",)
 #: Top-level keys of an ML-Agents run configuration that configure the Unity side, not the trainer.
 RUN_CONFIG_IGNORED_KEYS = (
     "env_settings", "engine_settings", "checkpoint_settings", "torch_settings",
@@ -116,6 +182,7 @@ RUN_CONFIG_IGNORED_KEYS = (
 
 # Bounds for numeric keys: (min, max, min_inclusive). Anything not listed must only have the right type.
 _BOUNDS: Dict[str, tuple] = {
+    **_SAC_BOUNDS,
     "hyperparameters.batch_size": (1, None, True),
     "hyperparameters.buffer_size": (1, None, True),
     "hyperparameters.learning_rate": (0.0, None, False),
@@ -139,14 +206,25 @@ _BOUNDS: Dict[str, tuple] = {
     "learning_rate": (0.0, None, False),
     "encoding_size": (1, 8192, True),
     "strength": (0.0, None, True),
+    "behavioral_cloning.steps": (0, None, True),
+    "behavioral_cloning.strength": (0.0, None, True),
+    "behavioral_cloning.samples_per_update": (0, None, True),
+    "behavioral_cloning.num_epoch": (1, None, True),
+    "behavioral_cloning.batch_size": (1, None, True),
 }
 
 
 def _bound_key(path: str) -> str:
-    """reward_signals.<name>.gamma shares one bound entry regardless of the signal's name."""
+    """The bound entry of a dotted key: reward_signals.<name>.gamma shares one entry regardless of the
+    signal's name, and a run configuration's "behaviors.<name>." prefix is skipped (behaviour names
+    may contain dots, so the first suffix that names a bounded key wins)."""
     parts = path.split(".")
-    if parts[0] == "reward_signals" and len(parts) == 3:
-        return parts[2]
+    for start in range(len(parts)):
+        rest = parts[start:]
+        if rest[0] == "reward_signals" and len(rest) == 3:
+            return rest[2]
+        if ".".join(rest) in _BOUNDS:
+            return ".".join(rest)
     return path
 
 
@@ -244,7 +322,9 @@ def _merge_trainer_settings(base: TrainerSettings, overrides: Mapping[str, Any],
         if trainer_type not in IMPLEMENTED_TRAINER_TYPES:
             raise Unimplemented(f"{path}trainer_type", f"{trainer_type!r} is not implemented yet (available: {list(IMPLEMENTED_TRAINER_TYPES)})")
     signals_raw = overrides.pop("reward_signals", None)
+    hyper_raw = overrides.pop("hyperparameters", _UNSET)
     merged = _build_dataclass(path.rstrip("."), TrainerSettings, overrides, base=base)
+    merged.hyperparameters = _merge_hyperparameters(merged, hyper_raw, path)
     if signals_raw is not None:
         sig_path = f"{path}reward_signals"
         if not isinstance(signals_raw, Mapping) or not signals_raw:
@@ -256,13 +336,28 @@ def _merge_trainer_settings(base: TrainerSettings, overrides: Mapping[str, Any],
             if name not in IMPLEMENTED_REWARD_SIGNALS:
                 raise Unimplemented(f"{sig_path}.{name}", f"reward signal {name!r} is not implemented yet (available: {list(IMPLEMENTED_REWARD_SIGNALS)})")
             signals[name] = _build_dataclass(f"{sig_path}.{name}", RewardSignalSettings, raw or {})
-            if name == "extrinsic":
-                for key in ("learning_rate", "encoding_size"):
-                    if getattr(signals[name], key) is not None:
-                        raise InvalidArgument(f"{sig_path}.{name}.{key}", "applies to learned reward signals (curiosity, rnd), not extrinsic")
+            defaults = RewardSignalSettings()
+            for key, signals_taking in SIGNAL_SPECIFIC_KEYS.items():
+                if name not in signals_taking and getattr(signals[name], key) != getattr(defaults, key):
+                    raise InvalidArgument(f"{sig_path}.{name}.{key}", f"applies to {', '.join(signals_taking)}, not {name}")
+            if name == "gail" and not signals[name].demo_path:
+                raise InvalidArgument(f"{sig_path}.gail.demo_path", "is required: the expert demonstration (.demo file) GAIL imitates")
         merged.reward_signals = signals
     _check_consistency(merged, path)
     return merged
+
+
+_UNSET = object()
+
+
+def _merge_hyperparameters(merged: TrainerSettings, raw: Any, path: str) -> Any:
+    """The hyperparameters class follows trainer_type: PPO keys under sac (and SAC keys under ppo)
+    are unknown keys. Switching trainer_type starts from the new type's defaults."""
+    cls = HYPERPARAMETER_CLASSES[merged.trainer_type]
+    current = merged.hyperparameters if isinstance(merged.hyperparameters, cls) else cls()
+    if raw is _UNSET:
+        return current
+    return _build_dataclass(f"{path}hyperparameters", cls, raw, base=current)
 
 
 def _check_consistency(s: TrainerSettings, path: str = "") -> None:
@@ -270,7 +365,12 @@ def _check_consistency(s: TrainerSettings, path: str = "") -> None:
     hp = s.hyperparameters
     if hp.batch_size > hp.buffer_size:
         raise InvalidArgument(f"{path}hyperparameters.batch_size", f"({hp.batch_size}) must not exceed hyperparameters.buffer_size ({hp.buffer_size})")
+    bc = s.behavioral_cloning
+    if bc is not None and not bc.demo_path:
+        raise InvalidArgument(f"{path}behavioral_cloning.demo_path", "is required: the demonstration (.demo file) to clone")
     mem = s.network_settings.memory
+    if mem is not None and s.trainer_type == "sac":
+        raise Unimplemented(f"{path}network_settings.memory", "recurrent networks are not implemented for trainer_type sac yet")
     if mem is not None:
         if mem.memory_size % 2:
             raise InvalidArgument(f"{path}network_settings.memory.memory_size", f"must be even, got {mem.memory_size}")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
+from ludus_service.behavioral_cloning import BehavioralCloning
 from ludus_service.buffer import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
-    MEMORY, AgentBuffer, next_obs_key, obs_key, returns_key, value_estimates_key,
+    DONE, MEMORY, AgentBuffer, next_obs_key, obs_key, returns_key, value_estimates_key,
 )
 from ludus_service.gae import gae
 from ludus_service.optimizer.ppo import NonFiniteUpdate, PPOOptimizer
@@ -52,12 +53,22 @@ class _SummaryWindow:
 
 
 class PPOTrainer:
-    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None) -> None:
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None,
+                 demonstrations: Optional[Mapping[str, AgentBuffer]] = None) -> None:
+        """`demonstrations`: expert steps by demo_path (GAIL, behavioural cloning), loaded and checked
+        against `spec` by the registry."""
         if seed is not None:
             torch.manual_seed(seed)
         self.spec = spec
         self.settings = settings
-        self.optimizer = PPOOptimizer(spec, settings, device)
+        self.optimizer = PPOOptimizer(spec, settings, device, demonstrations)
+        bc = settings.behavioral_cloning
+        self.behavioral_cloning = None
+        if bc is not None and not settings.inference:
+            hp = settings.hyperparameters
+            self.behavioral_cloning = BehavioralCloning(
+                self.optimizer.actor, bc, hp.learning_rate, hp.batch_size, hp.num_epoch, dict(demonstrations or {})[bc.demo_path],
+                self.optimizer.sequence_length, seed)
         self.update_buffer = AgentBuffer()
         self.rng = np.random.default_rng(seed)
         self.policy_version = 1
@@ -101,6 +112,9 @@ class PPOTrainer:
         fields[ENVIRONMENT_REWARDS] = traj.rewards
         if opt.recurrent:
             fields[MEMORY] = traj.memories
+        if opt.needs_dones:  # GAIL with use_actions: 1.0 on the step that ended the episode
+            fields[DONE] = np.zeros(traj.length, dtype=np.float32)
+            fields[DONE][-1] = float(traj.done)
         if opt.needs_next_observations:  # curiosity: each step's successor (the last step's: next_obs, or itself at a terminal)
             for i, o in enumerate(traj.observations):
                 last = traj.next_observations[i][None] if traj.next_observations is not None else o[-1:]
@@ -179,6 +193,8 @@ class PPOTrainer:
                     collected[key].append(value)
         buffer.clear()
         stats = {key: float(np.mean(values)) for key, values in collected.items()}
+        if self.behavioral_cloning is not None:
+            stats.update(self.behavioral_cloning.update(self.step))
         stats.update(self._summary_stats())
         self.policy_version += 1
         self.latest_stats = stats
@@ -277,6 +293,44 @@ class PPOTrainer:
         self.policy_version = int(metadata["policy_version"])
         self.latest_stats = {k: float(v) for k, v in dict(metadata["latest_stats"]).items()}
         self.rng.bit_generator.state = metadata["rng"]
+
+    def signal_rewards(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
+                       continuous_actions: Optional[np.ndarray] = None, discrete_actions: Optional[np.ndarray] = None,
+                       rewards: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Per-step reward of every signal whose inputs are given (EstimateValues / SubmitTrajectories
+        with evaluate_signals), with the providers' current networks; nothing is learned or stored.
+        Extrinsic needs `rewards`; signals that read actions need both action arrays (an action
+        kind the spec lacks is an empty array)."""
+        length = len(observations[0])
+        fields = {obs_key(i): o for i, o in enumerate(observations)}
+        have_actions = continuous_actions is not None and discrete_actions is not None
+        if have_actions:
+            fields[CONTINUOUS_ACTION], fields[DISCRETE_ACTION] = continuous_actions, discrete_actions
+        if rewards is not None:
+            fields[ENVIRONMENT_REWARDS] = rewards
+        done_flags = np.zeros(length, dtype=np.float32)
+        done_flags[-1] = float(done)
+        fields[DONE] = done_flags
+        for i, o in enumerate(observations):
+            last = next_observations[i][None] if next_observations is not None else o[-1:]
+            fields[next_obs_key(i)] = np.concatenate([o[1:], last], axis=0)
+        piece = AgentBuffer(fields)
+        out: Dict[str, np.ndarray] = {}
+        for name, provider in self.optimizer.reward_signals.items():
+            if name == "extrinsic" and rewards is None:
+                continue
+            if provider.reads_actions and not have_actions:
+                continue
+            out[name] = provider.evaluate(piece)
+        return out
+
+    def value_snapshot(self, observations: List[np.ndarray]) -> Dict[str, np.ndarray]:
+        """Critic values of each step per signal, touching no stored memory (recurrent critics start
+        from zeros)."""
+        piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
+        scratch = AgentMemories(self.optimizer.critic.memory_size, capacity=1) if self.optimizer.recurrent else None
+        values, _, _ = self.optimizer.get_trajectory_value_estimates(piece, None, True, "", scratch)
+        return values
 
     def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
                         agent_id: str, interrupted: bool = False):

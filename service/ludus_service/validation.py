@@ -139,8 +139,12 @@ def _length(tensor: pb.Tensor, field: str) -> int:
     return n
 
 
-def _steps(msg, spec: BehaviorSpec, prefix: str, n: int) -> StepData:
-    obs = decode_observations(msg.observations, spec, f"{prefix}.observations", (n,))
+def _steps(msg, spec: BehaviorSpec, prefix: str, n: int, log_probs: bool = True) -> StepData:
+    """Observations, actions and (when `log_probs`) the acting policy's log-probabilities of `msg`'s
+    n steps. Without `log_probs` (demonstrations, value queries) those are zeros and not read.
+    `prefix` is the message's dotted path ("" for a request's own fields)."""
+    prefix = f"{prefix}." if prefix else ""
+    obs = decode_observations(msg.observations, spec, f"{prefix}observations", (n,))
     a = spec.actions
     c, b = a.continuous_size, a.num_branches
 
@@ -150,57 +154,60 @@ def _steps(msg, spec: BehaviorSpec, prefix: str, n: int) -> StepData:
         if not is_set(tensor):
             return
         try:
-            size = from_tensor(tensor, f"{prefix}.{name}").size
+            size = from_tensor(tensor, f"{prefix}{name}").size
         except TensorFormatError as err:
             raise InvalidArgument(err.field, str(err).split(": ", 1)[1]) from None
         if size > 0:
-            raise InvalidArgument(f"{prefix}.{name}", f"must be omitted: {why}")
+            raise InvalidArgument(f"{prefix}{name}", f"must be omitted: {why}")
 
     if c:
-        for name in ("continuous_actions", "continuous_log_probs"):
+        for name in ("continuous_actions", "continuous_log_probs")[:2 if log_probs else 1]:
             if not is_set(getattr(msg, name)):
-                raise InvalidArgument(f"{prefix}.{name}", f"is required (continuous_size is {c})")
-        cont = _float(msg.continuous_actions, f"{prefix}.continuous_actions", (n, c))
-        cont_lp = _float(msg.continuous_log_probs, f"{prefix}.continuous_log_probs", (n, c))
+                raise InvalidArgument(f"{prefix}{name}", f"is required (continuous_size is {c})")
+        cont = _float(msg.continuous_actions, f"{prefix}continuous_actions", (n, c))
+        cont_lp = _float(msg.continuous_log_probs, f"{prefix}continuous_log_probs", (n, c)) if log_probs else np.zeros((n, c), np.float32)
     else:
         optional_absent(msg.continuous_actions, "continuous_actions", "the behaviour has no continuous actions")
-        optional_absent(msg.continuous_log_probs, "continuous_log_probs", "the behaviour has no continuous actions")
+        if log_probs:
+            optional_absent(msg.continuous_log_probs, "continuous_log_probs", "the behaviour has no continuous actions")
         cont = np.zeros((n, 0), np.float32)
         cont_lp = np.zeros((n, 0), np.float32)
     masks = None
     if b:
-        for name in ("discrete_actions", "discrete_log_probs"):
+        for name in ("discrete_actions", "discrete_log_probs")[:2 if log_probs else 1]:
             if not is_set(getattr(msg, name)):
-                raise InvalidArgument(f"{prefix}.{name}", f"is required (the behaviour has {b} discrete branches)")
-        disc = _decode(msg.discrete_actions, f"{prefix}.discrete_actions", _INT_TYPES, (n, b)).astype(np.int64)
+                raise InvalidArgument(f"{prefix}{name}", f"is required (the behaviour has {b} discrete branches)")
+        disc = _decode(msg.discrete_actions, f"{prefix}discrete_actions", _INT_TYPES, (n, b)).astype(np.int64)
         for j, size in enumerate(a.discrete_branches):
             col = disc[:, j]
             bad = np.flatnonzero((col < 0) | (col >= size))
             if bad.size:
                 t = int(bad[0])
-                raise InvalidArgument(f"{prefix}.discrete_actions", f"value {int(col[t])} at step {t} branch {j} is outside [0, {size})")
-        disc_lp = _float(msg.discrete_log_probs, f"{prefix}.discrete_log_probs", (n, b))
+                raise InvalidArgument(f"{prefix}discrete_actions", f"value {int(col[t])} at step {t} branch {j} is outside [0, {size})")
+        disc_lp = _float(msg.discrete_log_probs, f"{prefix}discrete_log_probs", (n, b)) if log_probs else np.zeros((n, b), np.float32)
         if (disc_lp > LOG_PROB_TOLERANCE).any():
             t = int(np.argwhere(disc_lp > LOG_PROB_TOLERANCE)[0][0])
-            raise InvalidArgument(f"{prefix}.discrete_log_probs", f"log-probability {float(disc_lp.max()):.4g} > 0 at step {t}")
-        if is_set(msg.action_masks):
-            masks = _decode(msg.action_masks, f"{prefix}.action_masks", _MASK_TYPES, (n, a.mask_size)).astype(bool)
+            raise InvalidArgument(f"{prefix}discrete_log_probs", f"log-probability {float(disc_lp.max()):.4g} > 0 at step {t}")
+        if hasattr(msg, "action_masks") and is_set(msg.action_masks):
+            masks = _decode(msg.action_masks, f"{prefix}action_masks", _MASK_TYPES, (n, a.mask_size)).astype(bool)
             offset = 0
             for j, size in enumerate(a.discrete_branches):
                 block = masks[:, offset:offset + size]
                 empty = np.flatnonzero(~block.any(axis=1))
                 if empty.size:
-                    raise InvalidArgument(f"{prefix}.action_masks", f"branch {j} has every option masked at step {int(empty[0])}")
+                    raise InvalidArgument(f"{prefix}action_masks", f"branch {j} has every option masked at step {int(empty[0])}")
                 chosen = block[np.arange(n), disc[:, j]]
                 masked = np.flatnonzero(~chosen)
                 if masked.size:
                     t = int(masked[0])
-                    raise InvalidArgument(f"{prefix}.discrete_actions", f"step {t} branch {j} chose option {int(disc[t, j])}, which action_masks forbids")
+                    raise InvalidArgument(f"{prefix}discrete_actions", f"step {t} branch {j} chose option {int(disc[t, j])}, which action_masks forbids")
                 offset += size
     else:
         optional_absent(msg.discrete_actions, "discrete_actions", "the behaviour has no discrete branches")
-        optional_absent(msg.discrete_log_probs, "discrete_log_probs", "the behaviour has no discrete branches")
-        optional_absent(msg.action_masks, "action_masks", "the behaviour has no discrete branches")
+        if log_probs:
+            optional_absent(msg.discrete_log_probs, "discrete_log_probs", "the behaviour has no discrete branches")
+        if hasattr(msg, "action_masks"):
+            optional_absent(msg.action_masks, "action_masks", "the behaviour has no discrete branches")
         disc = np.zeros((n, 0), np.int64)
         disc_lp = np.zeros((n, 0), np.float32)
     return StepData(obs, cont, disc, cont_lp, disc_lp, masks)
@@ -217,19 +224,23 @@ def _memories(tensor: pb.Tensor, field: str, n: int, memory_size: int) -> Option
     return None
 
 
-def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "trajectory", memory_size: int = 0) -> TrajectoryData:
+def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "trajectory", memory_size: int = 0,
+                     demonstration: bool = False) -> TrajectoryData:
+    """A trajectory to train on, or with `demonstration` an expert's (RecordDemonstration): then
+    log-probabilities, policy_version and memories are not needed and not read."""
     if not msg.agent_id:
         raise InvalidArgument(f"{prefix}.agent_id", "must be non-empty")
     if len(msg.agent_id) > MAX_AGENT_ID:
         raise InvalidArgument(f"{prefix}.agent_id", f"longer than {MAX_AGENT_ID} characters")
-    if msg.policy_version < 1:
+    if msg.policy_version < 1 and not demonstration:
         raise InvalidArgument(f"{prefix}.policy_version", f"must be >= 1 (the version that acted), got {msg.policy_version}")
     if msg.done and msg.interrupted:
         raise InvalidArgument(f"{prefix}.interrupted", "cannot be set together with done (a step limit is not a terminal state)")
     n = _length(msg.rewards, f"{prefix}.rewards")
     rewards = _float(msg.rewards, f"{prefix}.rewards", (n,))
-    steps = _steps(msg, spec, prefix, n)
-    steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
+    steps = _steps(msg, spec, prefix, n, log_probs=not demonstration)
+    if not demonstration:
+        steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
     next_obs = None
     if msg.next_observations or not msg.done:
         if not msg.next_observations:
@@ -261,3 +272,15 @@ def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str
         per_signal[key] = {s: _float(given[s], f"{prefix}.{key}[{s}]", (n,)) for s in signals}
     return BatchData(**vars(steps), advantages=advantages, returns=per_signal["returns"], value_estimates=per_signal["value_estimates"],
                      critic_memories=critic_memories, loss_masks=loss_masks)
+
+
+def parse_value_query_inputs(msg: pb.EstimateValuesRequest, spec: BehaviorSpec, n: int):
+    """EstimateValues' optional actions and extrinsic rewards, for per-signal rewards: (continuous
+    [n, c], discrete [n, b], rewards [n]), each None when the request left it out (actions are
+    all or nothing: both kinds the spec has)."""
+    rewards = _float(msg.rewards, "rewards", (n,)) if is_set(msg.rewards) else None
+    given = [name for name in ("continuous_actions", "discrete_actions") if is_set(getattr(msg, name))]
+    if not given:
+        return None, None, rewards
+    steps = _steps(msg, spec, "", n, log_probs=False)
+    return steps.continuous_actions, steps.discrete_actions, rewards

@@ -167,23 +167,29 @@ class RegisterBehaviorResponse(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., created: _Optional[bool] = ..., effective_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., reward_signals: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EstimateValuesRequest(_message.Message):
-    __slots__ = ("behavior_name", "agent_id", "observations", "next_observations", "done", "interrupted")
+    __slots__ = ("behavior_name", "agent_id", "observations", "next_observations", "done", "interrupted", "continuous_actions", "discrete_actions", "rewards")
     BEHAVIOR_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    CONTINUOUS_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    DISCRETE_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
     behavior_name: str
     agent_id: str
     observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     next_observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     done: bool
     interrupted: bool
-    def __init__(self, behavior_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., done: _Optional[bool] = ..., interrupted: _Optional[bool] = ...) -> None: ...
+    continuous_actions: Tensor
+    discrete_actions: Tensor
+    rewards: Tensor
+    def __init__(self, behavior_name: _Optional[str] = ..., agent_id: _Optional[str] = ..., observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., done: _Optional[bool] = ..., interrupted: _Optional[bool] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EstimateValuesResponse(_message.Message):
-    __slots__ = ("values", "bootstrap_values", "critic_memories", "policy_version")
+    __slots__ = ("values", "bootstrap_values", "critic_memories", "policy_version", "signal_rewards")
     class ValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -198,15 +204,24 @@ class EstimateValuesResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SignalRewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     VALUES_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_VALUES_FIELD_NUMBER: _ClassVar[int]
     CRITIC_MEMORIES_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_REWARDS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.MessageMap[str, Tensor]
     bootstrap_values: _containers.ScalarMap[str, float]
     critic_memories: Tensor
     policy_version: int
-    def __init__(self, values: _Optional[_Mapping[str, Tensor]] = ..., bootstrap_values: _Optional[_Mapping[str, float]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    signal_rewards: _containers.MessageMap[str, Tensor]
+    def __init__(self, values: _Optional[_Mapping[str, Tensor]] = ..., bootstrap_values: _Optional[_Mapping[str, float]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., policy_version: _Optional[int] = ..., signal_rewards: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class TrainingBatch(_message.Message):
     __slots__ = ("observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "action_masks", "advantages", "returns", "value_estimates", "memories", "critic_memories", "loss_masks")
@@ -276,15 +291,17 @@ class UpdateResponse(_message.Message):
     def __init__(self, stats: _Optional[_Mapping[str, float]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class SubmitTrajectoriesRequest(_message.Message):
-    __slots__ = ("behavior_name", "trajectory")
+    __slots__ = ("behavior_name", "trajectory", "evaluate_signals")
     BEHAVIOR_NAME_FIELD_NUMBER: _ClassVar[int]
     TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     behavior_name: str
     trajectory: Trajectory
-    def __init__(self, behavior_name: _Optional[str] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ...) -> None: ...
+    evaluate_signals: bool
+    def __init__(self, behavior_name: _Optional[str] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., evaluate_signals: _Optional[bool] = ...) -> None: ...
 
 class SubmitTrajectoriesResponse(_message.Message):
-    __slots__ = ("accepted_steps", "dropped_steps", "drop_reason", "policy_version", "latest_update_stats", "total_steps")
+    __slots__ = ("accepted_steps", "dropped_steps", "drop_reason", "policy_version", "latest_update_stats", "total_steps", "signal_rewards", "signal_values")
     class LatestUpdateStatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -292,19 +309,61 @@ class SubmitTrajectoriesResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SignalRewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    class SignalValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     ACCEPTED_STEPS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     DROP_REASON_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     LATEST_UPDATE_STATS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_VALUES_FIELD_NUMBER: _ClassVar[int]
     accepted_steps: int
     dropped_steps: int
     drop_reason: DropReason
     policy_version: int
     latest_update_stats: _containers.ScalarMap[str, float]
     total_steps: int
-    def __init__(self, accepted_steps: _Optional[int] = ..., dropped_steps: _Optional[int] = ..., drop_reason: _Optional[_Union[DropReason, str]] = ..., policy_version: _Optional[int] = ..., latest_update_stats: _Optional[_Mapping[str, float]] = ..., total_steps: _Optional[int] = ...) -> None: ...
+    signal_rewards: _containers.MessageMap[str, Tensor]
+    signal_values: _containers.MessageMap[str, Tensor]
+    def __init__(self, accepted_steps: _Optional[int] = ..., dropped_steps: _Optional[int] = ..., drop_reason: _Optional[_Union[DropReason, str]] = ..., policy_version: _Optional[int] = ..., latest_update_stats: _Optional[_Mapping[str, float]] = ..., total_steps: _Optional[int] = ..., signal_rewards: _Optional[_Mapping[str, Tensor]] = ..., signal_values: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+
+class RecordDemonstrationRequest(_message.Message):
+    __slots__ = ("behavior_name", "demonstration_name", "trajectory", "overwrite")
+    BEHAVIOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEMONSTRATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRAJECTORY_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    behavior_name: str
+    demonstration_name: str
+    trajectory: Trajectory
+    overwrite: bool
+    def __init__(self, behavior_name: _Optional[str] = ..., demonstration_name: _Optional[str] = ..., trajectory: _Optional[_Union[Trajectory, _Mapping]] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+
+class RecordDemonstrationResponse(_message.Message):
+    __slots__ = ("demo_path", "steps", "episodes", "mean_reward")
+    DEMO_PATH_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
+    demo_path: str
+    steps: int
+    episodes: int
+    mean_reward: float
+    def __init__(self, demo_path: _Optional[str] = ..., steps: _Optional[int] = ..., episodes: _Optional[int] = ..., mean_reward: _Optional[float] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("behavior_name", "version", "format")

@@ -75,6 +75,11 @@ class TrainerStub:
                 request_serializer=ludus_dot_v1_dot_trainer__pb2.ListBehaviorsRequest.SerializeToString,
                 response_deserializer=ludus_dot_v1_dot_trainer__pb2.ListBehaviorsResponse.FromString,
                 _registered_method=True)
+        self.RecordDemonstration = channel.stream_unary(
+                '/ludus.v1.Trainer/RecordDemonstration',
+                request_serializer=ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationRequest.SerializeToString,
+                response_deserializer=ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -144,6 +149,15 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordDemonstration(self, request_iterator, context):
+        """Store expert trajectories as an ML-Agents `.demo` file (readable by ML-Agents' own loader) for
+        GAIL and behavioural cloning (`demo_path`). Nothing is written unless every trajectory is valid;
+        the file appears atomically when the stream ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +200,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.ListBehaviors,
                     request_deserializer=ludus_dot_v1_dot_trainer__pb2.ListBehaviorsRequest.FromString,
                     response_serializer=ludus_dot_v1_dot_trainer__pb2.ListBehaviorsResponse.SerializeToString,
+            ),
+            'RecordDemonstration': grpc.stream_unary_rpc_method_handler(
+                    servicer.RecordDemonstration,
+                    request_deserializer=ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationRequest.FromString,
+                    response_serializer=ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +424,33 @@ class Trainer:
             '/ludus.v1.Trainer/ListBehaviors',
             ludus_dot_v1_dot_trainer__pb2.ListBehaviorsRequest.SerializeToString,
             ludus_dot_v1_dot_trainer__pb2.ListBehaviorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDemonstration(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ludus.v1.Trainer/RecordDemonstration',
+            ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationRequest.SerializeToString,
+            ludus_dot_v1_dot_trainer__pb2.RecordDemonstrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,8 +34,9 @@ def _adam(params, lr: float) -> torch.optim.Adam:
 
 
 class PPOOptimizer(TorchOptimizer):
-    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu") -> None:
-        super().__init__(spec, settings, device)
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu",
+                 demonstrations=None) -> None:
+        super().__init__(spec, settings, device, demonstrations)
         params = list(self.actor.parameters()) + [p for n, p in self.critic.named_parameters() if not n.startswith("encoder.")]
         # The encoder is shared by actor and critic: deduplicate parameters by identity.
         self._parameters = list({id(p): p for p in params}.values())

@@ -16,8 +16,11 @@ from ludus_service.spec import BehaviorSpec
 
 
 class TorchOptimizer(Optimizer):
-    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu",
+                 demonstrations: Optional[Mapping[str, AgentBuffer]] = None) -> None:
         self.spec = spec
+        #: Expert steps by demo_path (loaded and checked against the spec at registration), for GAIL.
+        self.demonstrations = dict(demonstrations or {})
         self.settings = settings
         self.device = torch.device(device)
         #: Environment steps trained on so far; drives the linear schedules.
@@ -38,6 +41,10 @@ class TorchOptimizer(Optimizer):
         return any(p.needs_next_observations for p in self.reward_signals.values())
 
     @property
+    def needs_dones(self) -> bool:
+        return any(p.needs_dones for p in self.reward_signals.values())
+
+    @property
     def recurrent(self) -> bool:
         return self.critic_memories is not None
 
@@ -45,7 +52,8 @@ class TorchOptimizer(Optimizer):
     def create_reward_signals(self, reward_signal_configs: Mapping[str, RewardSignalSettings]) -> None:
         """One reward provider per configured signal ("extrinsic", ...), in configuration order."""
         for name, config in reward_signal_configs.items():
-            self.reward_signals[name] = create_reward_provider(name, config, self.spec, self.device)
+            expert = self.demonstrations.get(config.demo_path) if config.demo_path else None
+            self.reward_signals[name] = create_reward_provider(name, config, self.spec, self.device, expert=expert)
 
     @torch.no_grad()
     def get_trajectory_value_estimates(

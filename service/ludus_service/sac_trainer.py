@@ -1,0 +1,286 @@
+"""SACTrainer: ML-Agents' SAC trainer loop behind the interface PPOTrainer offers to Behavior.
+
+Trajectories go into a replay buffer (ring arrays of buffer_size, ludus_service.replay_buffer) as
+(s, a, r_env, s', done, mask) steps; an interrupted episode's last step is stored not-done so the
+critic bootstraps through it. Gradient steps are owed by the steps-per-update ratio, as in
+ML-Agents: after `buffer_init_steps`, `(step - buffer_init_steps) / steps_per_update` updates in
+all (likewise for the reward signals with `reward_signal_steps_per_update`). Each update samples a
+minibatch and evaluates every reward signal on it at sampling time, so learned signals score old
+experience with their current networks.
+
+Behavior calls `update_policy` while `ready_to_update` holds; each call runs at most
+MAX_UPDATES_PER_BURST gradient steps and publishes one policy version, so the learner thread can
+take queued trajectories between bursts and a long backlog of updates never stalls intake.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ludus_service.buffer import ACTION_MASK, CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer, next_obs_key, obs_key
+from ludus_service.errors import FailedPrecondition, Unimplemented
+from ludus_service.optimizer.ppo import NonFiniteUpdate
+from ludus_service.optimizer.sac import SACOptimizer, rewards_key
+from ludus_service.replay_buffer import ReplayBuffer
+from ludus_service.reward_signals import ENVIRONMENT_REWARDS
+from ludus_service.settings import TrainerSettings
+from ludus_service.spec import BehaviorSpec
+from ludus_service.trainer import MAX_TRACKED_AGENTS, PPOTrainer, _EpisodeProgress, _SummaryWindow
+from ludus_service.validation import BatchData, TrajectoryData
+
+log = logging.getLogger(__name__)
+
+#: Gradient steps per update_policy call (one published policy version). Small enough that the
+#: learner returns to its intake queue often, large enough that publishing stays cheap.
+MAX_UPDATES_PER_BURST = 256
+
+#: TrainingBatch fields an SAC Update needs that the wire format lacks so far.
+MISSING_BATCH_FIELDS = "rewards, next_observations and dones"
+
+
+class SACTrainer:
+    """Same surface as PPOTrainer (process_trajectory, ready_to_update/update_policy,
+    update_from_batch, estimate_values, record_inference, checkpoint state)."""
+
+    #: Off-policy: trajectories of any past policy version are useful (max_policy_lag does not apply).
+    on_policy = False
+
+    def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None,
+                 demonstrations: Optional[Mapping[str, AgentBuffer]] = None) -> None:
+        if getattr(settings, "behavioral_cloning", None) is not None:
+            raise Unimplemented("behavioral_cloning", "is not implemented for trainer_type sac yet")
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.spec = spec
+        self.settings = settings
+        self.optimizer = SACOptimizer(spec, settings, device, demonstrations)
+        hp = settings.hyperparameters
+        self.replay = ReplayBuffer(hp.buffer_size)
+        self.rng = np.random.default_rng(seed)
+        self.policy_version = 1
+        self.latest_stats: Dict[str, float] = {}
+        #: Gradient steps (policy and reward signals) taken so far: with the step count they say
+        #: how many are owed.
+        self.updates_done = 0
+        self.reward_updates_done = 0
+        self._episodes: "OrderedDict[str, _EpisodeProgress]" = OrderedDict()
+        self._window = _SummaryWindow()
+        self._burst_stats: Dict[str, List[float]] = defaultdict(list)
+
+    @property
+    def step(self) -> int:
+        return self.optimizer.global_step
+
+    @property
+    def buffered_steps(self) -> int:
+        return self.replay.num_experiences
+
+    # -- trajectory processing ---------------------------------------------------------------------
+    def process_trajectory(self, traj: TrajectoryData) -> None:
+        """Store one validated trajectory's steps in the replay buffer (whole, or not at all)."""
+        opt = self.optimizer
+        opt.update_normalization(traj.observations)
+        fields: Dict[str, np.ndarray] = {obs_key(i): o for i, o in enumerate(traj.observations)}
+        for i, o in enumerate(traj.observations):
+            # s' of every step: the next step's observation; the last step's is next_obs (its own
+            # observation at a terminal without one: done masks it out of the Q backup).
+            last = traj.next_observations[i][None] if traj.next_observations is not None else o[-1:]
+            fields[next_obs_key(i)] = np.concatenate([o[1:], last], axis=0)
+        fields[CONTINUOUS_ACTION] = traj.continuous_actions
+        fields[DISCRETE_ACTION] = traj.discrete_actions
+        fields[ACTION_MASK] = (traj.action_masks if traj.action_masks is not None
+                               else np.ones((traj.length, self.spec.actions.mask_size), dtype=bool))
+        fields[ENVIRONMENT_REWARDS] = np.asarray(traj.rewards, dtype=np.float32)
+        dones = np.zeros(traj.length, dtype=np.float32)
+        dones[-1] = 1.0 if traj.done and not traj.interrupted else 0.0  # interrupted: bootstrap
+        fields[DONE] = dones
+        # Value estimates for the statistics ML-Agents reports ("Policy/<Signal> Value Estimate").
+        values, _, _ = opt.get_trajectory_value_estimates(AgentBuffer({obs_key(i): o for i, o in enumerate(traj.observations)}),
+                                                          None, True, traj.agent_id)
+        for name, v in values.items():
+            self._window.value_estimates[name].append(float(v.mean()))
+        self.replay.add(fields)
+        opt.global_step += traj.length
+        self._track_episode(traj)
+
+    def record_inference(self, traj: TrajectoryData, accepted_before: int) -> Optional[Dict[str, float]]:
+        """Inference mode: only episode statistics, published every `summary_freq` accepted steps."""
+        self._track_episode(traj)
+        period = self.settings.summary_freq
+        if (accepted_before + traj.length) // period == accepted_before // period:
+            return None
+        stats = self._summary_stats(training=False)
+        self.latest_stats = stats
+        return stats
+
+    def _track_episode(self, traj: TrajectoryData) -> None:
+        progress = self._episodes.pop(traj.agent_id, None) or _EpisodeProgress()
+        progress.reward += float(traj.rewards.sum())
+        progress.length += traj.length
+        if traj.done or traj.interrupted:
+            self._window.episode_rewards.append(progress.reward)
+            self._window.episode_lengths.append(progress.length)
+        else:
+            self._episodes[traj.agent_id] = progress
+            while len(self._episodes) > MAX_TRACKED_AGENTS:
+                self._episodes.popitem(last=False)
+
+    # -- updates -----------------------------------------------------------------------------------
+    def _owed(self, steps_per_update: float, done: int) -> int:
+        hp = self.settings.hyperparameters
+        if self.step < hp.buffer_init_steps or self.replay.num_experiences < hp.batch_size:
+            return 0
+        return max(int(math.floor((self.step - hp.buffer_init_steps) / steps_per_update)) - done, 0)
+
+    @property
+    def reward_signal_steps_per_update(self) -> float:
+        hp = self.settings.hyperparameters
+        return hp.reward_signal_steps_per_update or hp.steps_per_update
+
+    def owed_updates(self) -> int:
+        return self._owed(self.settings.hyperparameters.steps_per_update, self.updates_done)
+
+    def owed_reward_updates(self) -> int:
+        return self._owed(self.reward_signal_steps_per_update, self.reward_updates_done)
+
+    def ready_to_update(self) -> bool:
+        return self.owed_updates() > 0 or (self._learned_signals() and self.owed_reward_updates() > 0)
+
+    def sample(self, batch_size: int) -> AgentBuffer:
+        """A uniform minibatch with every signal's rewards evaluated now (ML-Agents: at sampling time)."""
+        batch = self.replay.sample(self.rng, batch_size)
+        for name, provider in self.optimizer.reward_signals.items():
+            batch[rewards_key(name)] = provider.evaluate(batch)
+        return batch
+
+    def update_policy(self, max_updates: int = MAX_UPDATES_PER_BURST) -> Dict[str, float]:
+        """One burst: at most `max_updates` owed gradient steps (and owed reward-signal updates),
+        then a new policy version. Statistics average the burst's steps."""
+        hp = self.settings.hyperparameters
+        collected: Dict[str, List[float]] = defaultdict(list)
+        for _ in range(min(self.owed_updates(), max_updates)):
+            try:
+                stats = self.optimizer.update(self.sample(hp.batch_size), 1)
+            except NonFiniteUpdate as err:  # extreme (finite) experience: skip, keep the weights finite
+                log.warning("skipped a minibatch: %s", err)
+                stats = {}
+            self.updates_done += 1
+            for key, value in stats.items():
+                collected[key].append(value)
+        for _ in range(min(self.owed_reward_updates(), max_updates)):
+            batch = self.replay.sample(self.rng, hp.batch_size)
+            for key, value in self.optimizer.update_reward_signals(batch).items():
+                collected[key].append(value)
+            self.reward_updates_done += 1
+        stats = {key: float(np.mean(values)) for key, values in collected.items()}
+        stats.update(self._summary_stats())
+        self.policy_version += 1
+        self.latest_stats = stats
+        return stats
+
+    def _learned_signals(self):
+        return [(n, p) for n, p in self.optimizer.reward_signals.items() if isinstance(p, torch.nn.Module)]
+
+    def _summary_stats(self, training: bool = True) -> Dict[str, float]:
+        w = self._window
+        stats: Dict[str, float] = {"Is Training": 1.0 if training else 0.0}
+        for name, provider in self.optimizer.reward_signals.items():
+            if w.value_estimates[name]:
+                stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
+        if w.episode_rewards:
+            stats["Environment/Cumulative Reward"] = float(np.mean(w.episode_rewards))
+            stats["Environment/Episode Length"] = float(np.mean(w.episode_lengths))
+            if "extrinsic" in self.optimizer.reward_signals:
+                provider = self.optimizer.reward_signals["extrinsic"]
+                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
+        self._window = _SummaryWindow()
+        return stats
+
+    def update_from_batch(self, batch: BatchData, num_sequences: int) -> Dict[str, float]:
+        """The Update RPC: SAC needs each step's reward, next observation and done, which
+        TrainingBatch does not carry yet."""
+        raise FailedPrecondition("batch", f"Update with trainer_type sac needs TrainingBatch fields ({MISSING_BATCH_FIELDS}) "
+                                          "that this server's wire format does not have yet; train SAC through SubmitTrajectories")
+
+    # -- checkpoint state --------------------------------------------------------------------------
+    def state_tensors(self) -> Dict[str, torch.Tensor]:
+        """Networks (normaliser included), entropy coefficients, Adam moments, learned reward
+        signals, and with save_replay_buffer the replay buffer (all safetensors-ready tensors)."""
+        opt = self.optimizer
+        tensors: Dict[str, torch.Tensor] = {}
+        for prefix, module in opt.modules().items():
+            for key, value in module.state_dict().items():
+                tensors[f"{prefix}.{key}"] = value
+        tensors["log_ent_coef.continuous"] = opt.log_ent_coef_continuous.detach()
+        tensors["log_ent_coef.discrete"] = opt.log_ent_coef_discrete.detach()
+        for index, state in opt.adam.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        for name, provider in self._learned_signals():
+            for key, value in provider.state_dict().items():
+                tensors[f"reward.{name}.{key}"] = value
+        if self.settings.hyperparameters.save_replay_buffer:
+            tensors.update(self.replay.state_tensors())
+        return tensors
+
+    def state_metadata(self) -> Dict[str, object]:
+        return {
+            "global_step": self.optimizer.global_step,
+            "policy_version": self.policy_version,
+            "latest_stats": self.latest_stats,
+            "rng": self.rng.bit_generator.state,
+            "adam_param_groups": self.optimizer.adam.state_dict()["param_groups"],
+            "updates_done": self.updates_done,
+            "reward_updates_done": self.reward_updates_done,
+        }
+
+    def load_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Networks only (--initialize-from / init_path). A PPO checkpoint's actor has no log-std
+        head, so only SAC checkpoints initialise an SAC behaviour."""
+        opt = self.optimizer
+        for prefix, module in opt.modules().items():
+            state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            if state or prefix in ("actor", "critic"):
+                module.load_state_dict(state)
+        with torch.no_grad():
+            if "log_ent_coef.continuous" in tensors:
+                opt.log_ent_coef_continuous.copy_(tensors["log_ent_coef.continuous"])
+                opt.log_ent_coef_discrete.copy_(tensors["log_ent_coef.discrete"])
+        for name, provider in self._learned_signals():
+            prefix = f"reward.{name}."
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                provider.load_state_dict(state)
+
+    def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
+        """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
+        self.load_weights(tensors)
+        adam_state: Dict[int, Dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                adam_state.setdefault(int(index), {})[name] = value
+        self.optimizer.adam.load_state_dict({"state": adam_state, "param_groups": metadata["adam_param_groups"]})
+        self.replay.load_state_tensors(tensors)
+        self.optimizer.global_step = int(metadata["global_step"])
+        self.policy_version = int(metadata["policy_version"])
+        self.updates_done = int(metadata["updates_done"])
+        self.reward_updates_done = int(metadata["reward_updates_done"])
+        self.latest_stats = {k: float(v) for k, v in dict(metadata["latest_stats"]).items()}
+        self.rng.bit_generator.state = metadata["rng"]
+
+    # Read-only evaluation for EstimateValues / evaluate_signals: only the reward providers and the
+    # value critic are involved, which SAC has exactly as PPO does.
+    signal_rewards = PPOTrainer.signal_rewards
+    value_snapshot = PPOTrainer.value_snapshot
+
+    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
+                        agent_id: str, interrupted: bool = False):
+        """The EstimateValues RPC: the value critic V(s) per signal (SAC networks are not recurrent)."""
+        piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
+        return self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id)
