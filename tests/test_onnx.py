@@ -508,12 +508,27 @@ def test_trained_cartpole_scores_the_same_under_onnxruntime(server):
     from ludus_client.gym_runner import load_behavior_settings, run
 
     settings = load_behavior_settings(str(ROOT / "configs/cartpole.yaml"), "CartPole-v1")
+    # The simulator side acts with the ONNX model (ludus-gym --policy-format onnx) while training.
     result = run("CartPole-v1", f"127.0.0.1:{server.port}", steps=60_000, num_envs=8, behavior_name="CartPole-v1",
-                 settings=settings, seed=0, target_return=195.0, window=20, progress=False)
+                 settings=settings, seed=0, target_return=195.0, window=20, progress=False, policy_format="onnx")
     assert result.solved
     with LudusClient(f"127.0.0.1:{server.port}") as client:
-        local, onnx_policy = client.get_local_policy("CartPole-v1"), client.get_onnx_policy("CartPole-v1")
+        local = client.get_local_policy("CartPole-v1")
+        model = client.get_policy("CartPole-v1", version=local.version, format="onnx").data
+    onnx_policy = OnnxPolicy.from_bytes(model)
     assert local.version == onnx_policy.version
+
+    class EngineView:
+        """onnxruntime alone, as Unity's inference engine uses the model: obs_0 and action_masks in,
+        deterministic_discrete_actions out. No Ludus code on this path."""
+
+        def __init__(self, data: bytes) -> None:
+            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+        def act(self, observations, deterministic=True):
+            (actions,) = self.session.run(["deterministic_discrete_actions"], {
+                "obs_0": observations[0], "action_masks": np.ones((len(observations[0]), 2), np.float32)})
+            return type("Out", (), {"discrete_actions": np.asarray(actions)})
 
     def play(policy, seed: int) -> Tuple[float, list]:
         env = gym.make("CartPole-v1")
@@ -532,7 +547,8 @@ def test_trained_cartpole_scores_the_same_under_onnxruntime(server):
     for seed in range(5):
         python_return, python_actions = play(local, seed)
         onnx_return, onnx_actions = play(onnx_policy, seed)
-        assert onnx_actions == python_actions and onnx_return == python_return
+        engine_return, engine_actions = play(EngineView(model), seed)
+        assert onnx_actions == python_actions == engine_actions and onnx_return == python_return == engine_return
         returns.append(onnx_return)
     print(f"greedy returns on seeds 0-4 (python == onnxruntime): {returns}")
     # Trained to a sampled-action mean of 195; greedy play is not guaranteed that high, but a random

@@ -352,10 +352,10 @@ class RunResult:
     curve: List[tuple] = field(default_factory=list)  # (env_steps, mean_return) at each episode end
 
 
-def _watch(client: LudusClient, name: str, holder: PolicyHolder, stop: threading.Event) -> None:
+def _watch(client: LudusClient, name: str, holder: PolicyHolder, stop: threading.Event, policy_format: str = "safetensors") -> None:
     backoff = 0.2
     while not stop.is_set():
-        watch = client.watch_policy(name, after_version=holder.policy.version)
+        watch = client.watch_policy(name, after_version=holder.policy.version, format=policy_format)
         stopper = threading.Thread(target=lambda: (stop.wait(), watch.cancel()), daemon=True)
         stopper.start()
         try:
@@ -488,7 +488,7 @@ def _env_name(env: EnvSource) -> str:
 
 
 def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, stream: TrajectoryStream, acted_version: int,
-                        rollout_steps: int, timeout: float, rolled_back: threading.Event) -> bool:
+                        rollout_steps: int, timeout: float, rolled_back: threading.Event, fetch: Callable[[], Any]) -> bool:
     """Wait for the update our rollout completes. False if the server cannot update without more
     data: everything we sent is acknowledged and its buffer plus queue is still short of buffer_size
     (after a restart from a checkpoint, steps acknowledged by the old process are gone)."""
@@ -500,7 +500,7 @@ def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, st
         if state.policy_version != acted_version:
             # A version exists that the watch did not deliver: after a resume, version numbers issued
             # by the crashed process can be issued again, and a watch asking for newer ones waits.
-            holder.replace(client.get_local_policy(name))
+            holder.replace(fetch())
             return True
         if stream.unacknowledged == 0 and state.buffered_steps + state.queued_steps < rollout_steps:
             return False
@@ -508,7 +508,7 @@ def _await_next_version(client: LudusClient, name: str, holder: PolicyHolder, st
 
 
 def _await_processed(client: LudusClient, name: str, holder: PolicyHolder, stream: TrajectoryStream, timeout: float,
-                     poll: float = 0.01) -> None:
+                     fetch: Callable[[], Any], poll: float = 0.01) -> None:
     """Off-policy lockstep (ML-Agents' SAC loop): wait until the server has processed everything we
     sent, including the gradient steps it owes for those steps, then act with its newest policy."""
     deadline = time.monotonic() + timeout
@@ -517,7 +517,7 @@ def _await_processed(client: LudusClient, name: str, holder: PolicyHolder, strea
             state = client.describe(name)
             if state.queued_steps == 0:
                 if state.policy_version > holder.policy.version:
-                    holder.offer(client.get_local_policy(name))
+                    holder.offer(fetch())
                 return
         time.sleep(poll)
     raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the server did not process our steps within {timeout:.0f}s")
@@ -539,6 +539,7 @@ def run(
     version_timeout: float = 120.0,
     token: Optional[str] = None,
     root_certificates: Optional[bytes] = None,
+    policy_format: str = "safetensors",
 ) -> RunResult:
     """Train `env_id` through the server for `steps` env steps (or until `target_return`).
 
@@ -552,6 +553,9 @@ def run(
     trainers (trainer_type sac) sync is lockstep instead: after `time_horizon` steps of every env,
     wait until the server has processed them (and run the updates they owe). sync=False lets
     the envs run freely, as a real-time game would; data that lags too far is dropped by the server.
+
+    policy_format "onnx" acts with the ONNX model engines load (ludus_client.OnnxPolicy, needs
+    onnxruntime) instead of the numpy evaluation of the safetensors weights: one artefact for both.
     """
     name = behavior_name or _env_name(env_id)
     envs = make_envs(env_id, num_envs, env_kwargs)
@@ -567,9 +571,10 @@ def run(
     off_policy = registration.settings.get("trainer_type") == "sac"
     if off_policy:
         rollout_steps = time_horizon * num_envs
-    holder = PolicyHolder(client.get_local_policy(name))
+    fetch = lambda: client.get_policy(name, format=policy_format).load()  # noqa: E731
+    holder = PolicyHolder(fetch())
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(client, name, holder, stop), daemon=True, name="policy-watch")
+    watcher = threading.Thread(target=_watch, args=(client, name, holder, stop, policy_format), daemon=True, name="policy-watch")
     watcher.start()
     rolled_back = threading.Event()
 
@@ -591,17 +596,17 @@ def run(
         while env_steps < steps:
             if rolled_back.is_set():  # the server resumed from an older checkpoint: act with its policy
                 rolled_back.clear()
-                holder.replace(client.get_local_policy(name))
+                holder.replace(fetch())
             policy = holder.policy
             if policy.version != acted_version:
                 acted_version, acted_steps = policy.version, 0
             if sync and acted_steps >= rollout_steps:
                 recorder.flush(obs)  # end the rollout: bootstrap every open piece
                 if off_policy:
-                    _await_processed(client, name, holder, stream, version_timeout)
+                    _await_processed(client, name, holder, stream, version_timeout, fetch)
                     acted_steps = 0
                     continue
-                if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back):
+                if not _await_next_version(client, name, holder, stream, acted_version, rollout_steps, version_timeout, rolled_back, fetch):
                     acted_steps = 0  # the learner needs more data (e.g. steps lost in a server crash): collect again
                 continue
             obs = recorder.step(envs, adapter, policy, obs, rng, env_steps)
@@ -650,6 +655,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-sync", action="store_true", help="free-running envs (do not wait for a new policy after each buffer_size rollout)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("--policy-format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="act with the numpy policy (safetensors, default) or the ONNX model engines load (needs onnxruntime)")
     p.add_argument("--token-file", default=None, help="bearer token for a server started with --auth-token-file (default: env LUDUS_AUTH_TOKEN)")
     p.add_argument("--tls-ca", default=None, help="connect with TLS, trusting this PEM CA bundle")
     args = p.parse_args(argv)
@@ -667,7 +674,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         result = run(args.env, args.server, args.steps, args.num_envs, name, settings, args.seed,
                      args.target_return, args.window, progress=not args.no_progress, env_kwargs=env_kwargs,
-                     sync=not args.no_sync, token=token, root_certificates=root_certificates)
+                     sync=not args.no_sync, token=token, root_certificates=root_certificates, policy_format=args.policy_format)
     except (LudusError, ValueError) as err:
         print(f"ludus-gym: {err}", file=sys.stderr)
         return 1

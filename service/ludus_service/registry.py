@@ -82,7 +82,7 @@ class BehaviorRegistry:
         full = (root / demo_path).resolve()
         if root not in full.parents:
             raise InvalidArgument(field, f"{demo_path!r} leaves the server's demo directory ({self.demo_dir})")
-        if not full.is_file():
+        if not (full.is_file() or full.is_dir()):  # a folder of .demo files is fine too (ML-Agents)
             raise InvalidArgument(field, f"no demonstration {demo_path!r} in the server's demo directory ({self.demo_dir}); "
                                          "record one with RecordDemonstration or copy the .demo file there")
         return full
