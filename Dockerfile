@@ -1,5 +1,6 @@
 # Ludus trainer service image: `ludus-server` on gRPC port 50051, Prometheus /metrics on 9090,
-# checkpoints in the /checkpoints volume, runs as an unprivileged user.
+# checkpoints in the /checkpoints volume, demonstrations (.demo files for GAIL / behavioural cloning,
+# and RecordDemonstration's recordings) in /demos, runs as an unprivileged user.
 #
 #   docker build -t ludus .
 #   docker run --rm -p 50051:50051 -p 9090:9090 -v ludus-checkpoints:/checkpoints ludus
@@ -43,8 +44,8 @@ RUN set -eux; \
     python3 -m venv /opt/ludus; \
     groupadd --system --gid 10001 ludus; \
     useradd --system --uid 10001 --gid ludus --home-dir /home/ludus --create-home --shell /usr/sbin/nologin ludus; \
-    mkdir -p /checkpoints; \
-    chown ludus:ludus /checkpoints
+    mkdir -p /checkpoints /demos; \
+    chown ludus:ludus /checkpoints /demos
 
 # torch first, in its own layer: the largest and least often changing part.
 RUN set -eux; set -f; \
@@ -63,7 +64,7 @@ RUN set -eux; set -f; \
 
 USER ludus
 WORKDIR /home/ludus
-VOLUME /checkpoints
+VOLUME /checkpoints /demos
 EXPOSE 50051 9090
 
 # The standard gRPC health service (needs no token). For a TLS port set LUDUS_HEALTHCHECK_TLS_CA
@@ -73,4 +74,4 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 CMD ["lu
 # Exec form, no shell: ludus-server is PID 1 and handles SIGTERM itself (graceful drain, checkpoint).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ludus-server"]
-CMD ["--host", "0.0.0.0", "--port", "50051", "--checkpoint-dir", "/checkpoints", "--metrics-port", "9090"]
+CMD ["--host", "0.0.0.0", "--port", "50051", "--checkpoint-dir", "/checkpoints", "--demo-dir", "/demos", "--metrics-port", "9090"]

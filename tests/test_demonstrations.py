@@ -14,8 +14,9 @@ from ludus_client.demo_file import (
     META_AREA_BYTES, DemoFormatError, DemoObservation, DemoStep, encode_demo_file, read_demo_file, write_demo_file,
 )
 from ludus_client.spec import ActionSpec, BehaviorSpec, ObservationSpec
+from ludus_service.demo_recorder import DemonstrationRecorder
 from ludus_service.demonstrations import (
-    DemonstrationRecorder, check_demo_matches_spec, load_demonstration, spec_from_demo,
+    check_demo_matches_spec, load_demonstration, spec_from_demo,
 )
 from ludus_service.errors import InvalidArgument
 

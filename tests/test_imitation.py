@@ -12,7 +12,7 @@ import pytest
 
 from game_envs import RuleFollowing, goal_seek_expert_action, register_envs
 from ludus.v1 import trainer_pb2 as pb
-from ludus_client import BehaviorSpec, LudusClient, LudusError, TrajectoryBuilder
+from ludus_client import BehaviorSpec, LudusError, TrajectoryBuilder
 from ludus_client.demo_file import read_demo_file
 from ludus_service.demonstrations import load_demonstration
 from test_game_tasks import greedy_score, ppo_settings, random_score, train

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -13,6 +12,7 @@ import torch
 from ludus.v1 import trainer_pb2 as pb
 from ludus_service.behavior import Behavior, spec_from_dict
 from ludus_service.buffer import AgentBuffer
+from ludus_service.demo_recorder import DEMO_NAME
 from ludus_service.experts import load_expert_buffer
 from ludus_service.checkpoint import latest_checkpoint, load_checkpoint
 from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -21,8 +21,6 @@ from ludus_service.settings import ServerConfig, TrainerSettings, resolve_settin
 from ludus_service.spec import BehaviorSpec, check_spec_fits_settings, parse_spec, validate_behavior_name
 
 log = logging.getLogger(__name__)
-#: Names RecordDemonstration accepts (a file name, never a path).
-DEMO_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:

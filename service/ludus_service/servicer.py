@@ -21,7 +21,8 @@ from ludus_service.errors import Internal, InvalidArgument, LudusError, Resource
 from ludus_service.policy_store import ONNX, SAFETENSORS, PolicySnapshot
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.settings import settings_to_dict
-from ludus_service.demonstrations import DemonstrationRecorder, load_demonstration
+from ludus_service.demo_recorder import DemonstrationRecorder
+from ludus_service.demonstrations import load_demonstration
 from ludus_service.validation import decode_observations, parse_batch, parse_trajectory, parse_value_query_inputs
 
 log = logging.getLogger(__name__)
