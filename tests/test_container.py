@@ -51,9 +51,9 @@ def test_dockerfile_entrypoint_cmd_user_and_healthcheck():
     assert entrypoint == ["ludus-server"]
     cmd = json.loads(_instruction("CMD"))
     args = parse_args(cmd)  # every default flag exists in ludus-server
-    assert (args.host, args.port, args.checkpoint_dir) == ("0.0.0.0", 50051, "/checkpoints")
+    assert (args.host, args.port, args.checkpoint_dir, args.demo_dir) == ("0.0.0.0", 50051, "/checkpoints", "/demos")
     assert _instruction("USER") not in ("root", "0")
     assert "ludus-healthcheck" in _instruction("HEALTHCHECK")
     assert set(_instruction("EXPOSE").split()) == {"50051", "9090"}
-    assert _instruction("VOLUME").strip() == "/checkpoints"
+    assert _instruction("VOLUME").split() == ["/checkpoints", "/demos"]
     assert re.search(r"\[server\]", (ROOT / "Dockerfile").read_text())

@@ -16,31 +16,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
 from ludus_service.buffer import ACTION_MASK, CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer, next_obs_key, obs_key
-from ludus_service.errors import FailedPrecondition, Unimplemented
+from ludus_service.errors import Unimplemented
 from ludus_service.optimizer.ppo import NonFiniteUpdate
 from ludus_service.optimizer.sac import SACOptimizer, rewards_key
 from ludus_service.replay_buffer import ReplayBuffer
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
-from ludus_service.trainer import MAX_TRACKED_AGENTS, PPOTrainer, _EpisodeProgress, _SummaryWindow
-from ludus_service.validation import BatchData, TrajectoryData
+from ludus_service.summaries import TrainingSummary
+from ludus_service.trainer import PPOTrainer
+from ludus_service.validation import TrajectoryData, TransitionBatch
 
 log = logging.getLogger(__name__)
 
 #: Gradient steps per update_policy call (one published policy version). Small enough that the
 #: learner returns to its intake queue often, large enough that publishing stays cheap.
 MAX_UPDATES_PER_BURST = 256
-
-#: TrainingBatch fields an SAC Update needs that the wire format lacks so far.
-MISSING_BATCH_FIELDS = "rewards, next_observations and dones"
 
 
 class SACTrainer:
@@ -68,8 +66,7 @@ class SACTrainer:
         #: how many are owed.
         self.updates_done = 0
         self.reward_updates_done = 0
-        self._episodes: "OrderedDict[str, _EpisodeProgress]" = OrderedDict()
-        self._window = _SummaryWindow()
+        self.summary = TrainingSummary()
         self._burst_stats: Dict[str, List[float]] = defaultdict(list)
 
     @property
@@ -103,32 +100,12 @@ class SACTrainer:
         values, _, _ = opt.get_trajectory_value_estimates(AgentBuffer({obs_key(i): o for i, o in enumerate(traj.observations)}),
                                                           None, True, traj.agent_id)
         for name, v in values.items():
-            self._window.value_estimates[name].append(float(v.mean()))
+            self.summary.record_value_estimate(name, float(v.mean()))
         self.replay.add(fields)
         opt.global_step += traj.length
-        self._track_episode(traj)
+        self.summary.track_episode(traj)
 
-    def record_inference(self, traj: TrajectoryData, accepted_before: int) -> Optional[Dict[str, float]]:
-        """Inference mode: only episode statistics, published every `summary_freq` accepted steps."""
-        self._track_episode(traj)
-        period = self.settings.summary_freq
-        if (accepted_before + traj.length) // period == accepted_before // period:
-            return None
-        stats = self._summary_stats(training=False)
-        self.latest_stats = stats
-        return stats
-
-    def _track_episode(self, traj: TrajectoryData) -> None:
-        progress = self._episodes.pop(traj.agent_id, None) or _EpisodeProgress()
-        progress.reward += float(traj.rewards.sum())
-        progress.length += traj.length
-        if traj.done or traj.interrupted:
-            self._window.episode_rewards.append(progress.reward)
-            self._window.episode_lengths.append(progress.length)
-        else:
-            self._episodes[traj.agent_id] = progress
-            while len(self._episodes) > MAX_TRACKED_AGENTS:
-                self._episodes.popitem(last=False)
+    record_inference = PPOTrainer.record_inference  # episode statistics only, the same for both
 
     # -- updates -----------------------------------------------------------------------------------
     def _owed(self, steps_per_update: float, done: int) -> int:
@@ -178,7 +155,7 @@ class SACTrainer:
                 collected[key].append(value)
             self.reward_updates_done += 1
         stats = {key: float(np.mean(values)) for key, values in collected.items()}
-        stats.update(self._summary_stats())
+        stats.update(self.summary.flush(self.optimizer.reward_signals))
         self.policy_version += 1
         self.latest_stats = stats
         return stats
@@ -186,26 +163,25 @@ class SACTrainer:
     def _learned_signals(self):
         return [(n, p) for n, p in self.optimizer.reward_signals.items() if isinstance(p, torch.nn.Module)]
 
-    def _summary_stats(self, training: bool = True) -> Dict[str, float]:
-        w = self._window
-        stats: Dict[str, float] = {"Is Training": 1.0 if training else 0.0}
+    def update_from_batch(self, batch: TransitionBatch, num_sequences: int) -> Dict[str, float]:
+        """The Update RPC: one SAC gradient step (and one step of each learned reward signal) on a
+        caller's transitions, every signal's rewards evaluated now as for a sampled minibatch."""
+        fields: Dict[str, np.ndarray] = {obs_key(i): o for i, o in enumerate(batch.observations)}
+        fields.update({next_obs_key(i): o for i, o in enumerate(batch.next_observations)})
+        fields[CONTINUOUS_ACTION] = batch.continuous_actions
+        fields[DISCRETE_ACTION] = batch.discrete_actions
+        fields[ACTION_MASK] = (batch.action_masks if batch.action_masks is not None
+                               else np.ones((batch.length, self.spec.actions.mask_size), dtype=bool))
+        fields[ENVIRONMENT_REWARDS] = batch.rewards
+        fields[DONE] = batch.dones.astype(np.float32)
+        minibatch = AgentBuffer(fields)
         for name, provider in self.optimizer.reward_signals.items():
-            if w.value_estimates[name]:
-                stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
-        if w.episode_rewards:
-            stats["Environment/Cumulative Reward"] = float(np.mean(w.episode_rewards))
-            stats["Environment/Episode Length"] = float(np.mean(w.episode_lengths))
-            if "extrinsic" in self.optimizer.reward_signals:
-                provider = self.optimizer.reward_signals["extrinsic"]
-                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
-        self._window = _SummaryWindow()
+            minibatch[rewards_key(name)] = provider.evaluate(minibatch)
+        stats = self.optimizer.update(minibatch, num_sequences)
+        stats.update(self.optimizer.update_reward_signals(minibatch))
+        self.policy_version += 1
+        self.latest_stats = stats
         return stats
-
-    def update_from_batch(self, batch: BatchData, num_sequences: int) -> Dict[str, float]:
-        """The Update RPC: SAC needs each step's reward, next observation and done, which
-        TrainingBatch does not carry yet."""
-        raise FailedPrecondition("batch", f"Update with trainer_type sac needs TrainingBatch fields ({MISSING_BATCH_FIELDS}) "
-                                          "that this server's wire format does not have yet; train SAC through SubmitTrajectories")
 
     # -- checkpoint state --------------------------------------------------------------------------
     def state_tensors(self) -> Dict[str, torch.Tensor]:

@@ -23,7 +23,9 @@ from ludus_service.registry import BehaviorRegistry
 from ludus_service.settings import settings_to_dict
 from ludus_service.demo_recorder import DemonstrationRecorder
 from ludus_service.demonstrations import load_demonstration
-from ludus_service.validation import decode_observations, parse_batch, parse_trajectory, parse_value_query_inputs
+from ludus_service.validation import (
+    decode_observations, parse_batch, parse_trajectory, parse_transition_batch, parse_value_query_inputs,
+)
 
 log = logging.getLogger(__name__)
 WATCH_POLL_SECONDS = 1.0
@@ -198,9 +200,10 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         behavior = self.registry.get(request.behavior_name)
         if request.num_sequences < 1:
             raise InvalidArgument("num_sequences", f"must be >= 1, got {request.num_sequences}")
-        if behavior.settings.trainer_type == "sac":  # before parsing: PPO's required fields do not apply
-            behavior.trainer.update_from_batch(None, request.num_sequences)
-        batch = parse_batch(request.batch, behavior.spec, behavior.signal_names, memory_size=behavior.memory_size)
+        if behavior.settings.trainer_type == "sac":  # transitions (s, a, r, s', done), not PPO's fields
+            batch = parse_transition_batch(request.batch, behavior.spec)
+        else:
+            batch = parse_batch(request.batch, behavior.spec, behavior.signal_names, memory_size=behavior.memory_size)
         stats, version = behavior.update(batch, request.num_sequences)
         return pb.UpdateResponse(stats=stats, policy_version=version)
 

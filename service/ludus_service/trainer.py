@@ -8,8 +8,7 @@ holds `buffer_size` steps: normalise advantages, `num_epoch` passes of shuffled 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from collections import defaultdict
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
@@ -27,30 +26,10 @@ from ludus_service.reward_signals import ENVIRONMENT_REWARDS
 from ludus_service.sequences import LOSS_MASK, AgentMemories, pad_to_sequences
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
+from ludus_service.summaries import TrainingSummary
 from ludus_service.validation import BatchData, StepData, TrajectoryData
 
 log = logging.getLogger(__name__)
-
-#: Agents whose episode is in progress are tracked for episode statistics; bounded so agent ids
-#: that vanish mid-episode cannot grow memory without limit.
-MAX_TRACKED_AGENTS = 100_000
-
-
-@dataclass
-class _EpisodeProgress:
-    reward: float = 0.0
-    length: int = 0
-
-
-@dataclass
-class _SummaryWindow:
-    """Statistics gathered between two updates (ML-Agents' per-summary stats)."""
-
-    episode_rewards: List[float] = field(default_factory=list)
-    episode_lengths: List[int] = field(default_factory=list)
-    value_estimates: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
-    signal_rewards: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
-
 
 class PPOTrainer:
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None,
@@ -73,8 +52,7 @@ class PPOTrainer:
         self.rng = np.random.default_rng(seed)
         self.policy_version = 1
         self.latest_stats: Dict[str, float] = {}
-        self._episodes: "OrderedDict[str, _EpisodeProgress]" = OrderedDict()
-        self._window = _SummaryWindow()
+        self.summary = TrainingSummary()
         memory_size = self.optimizer.critic.memory_size
         self._rpc_memories = AgentMemories(memory_size) if memory_size else None
 
@@ -133,38 +111,23 @@ class PPOTrainer:
             piece[returns_key(name)] = adv + values[name]
             piece[value_estimates_key(name)] = values[name]
             advantages.append(adv)
-            self._window.value_estimates[name].append(float(values[name].mean()))
-            self._window.signal_rewards[name].append(float(rewards.sum()))
+            self.summary.record_value_estimate(name, float(values[name].mean()))
+            self.summary.record_signal_reward(name, float(rewards.sum()))
         piece[ADVANTAGES] = np.mean(advantages, axis=0).astype(np.float32)
         if opt.recurrent:  # whole sequences, the last one padded (loss-masked) at its end
             self.update_buffer.append(pad_to_sequences(piece.as_dict(), opt.sequence_length, fill={ACTION_MASK: True}))
         else:
             self.update_buffer.append(piece.as_dict())
         opt.global_step += traj.length
-        self._track_episode(traj)
+        self.summary.track_episode(traj)
 
     def record_inference(self, traj: TrajectoryData, accepted_before: int) -> Optional[Dict[str, float]]:
         """Inference mode: only episode statistics, published every `summary_freq` accepted steps
         (ML-Agents' summary period) with "Is Training" 0. Returns the new stats when published."""
-        self._track_episode(traj)
-        period = self.settings.summary_freq
-        if (accepted_before + traj.length) // period == accepted_before // period:
-            return None
-        stats = self._summary_stats(training=False)
-        self.latest_stats = stats
+        stats = self.summary.record_inference(traj, accepted_before, self.settings.summary_freq, self.optimizer.reward_signals)
+        if stats is not None:
+            self.latest_stats = stats
         return stats
-
-    def _track_episode(self, traj: TrajectoryData) -> None:
-        progress = self._episodes.pop(traj.agent_id, None) or _EpisodeProgress()
-        progress.reward += float(traj.rewards.sum())
-        progress.length += traj.length
-        if traj.done or traj.interrupted:
-            self._window.episode_rewards.append(progress.reward)
-            self._window.episode_lengths.append(progress.length)
-        else:
-            self._episodes[traj.agent_id] = progress
-            while len(self._episodes) > MAX_TRACKED_AGENTS:
-                self._episodes.popitem(last=False)
 
     # -- updates -----------------------------------------------------------------------------------
     def ready_to_update(self) -> bool:
@@ -195,27 +158,9 @@ class PPOTrainer:
         stats = {key: float(np.mean(values)) for key, values in collected.items()}
         if self.behavioral_cloning is not None:
             stats.update(self.behavioral_cloning.update(self.step))
-        stats.update(self._summary_stats())
+        stats.update(self.summary.flush(self.optimizer.reward_signals))
         self.policy_version += 1
         self.latest_stats = stats
-        return stats
-
-    def _summary_stats(self, training: bool = True) -> Dict[str, float]:
-        w = self._window
-        stats: Dict[str, float] = {"Is Training": 1.0 if training else 0.0}
-        for name, provider in self.optimizer.reward_signals.items():
-            if w.value_estimates[name]:
-                stats[f"Policy/{provider.stat_name} Value Estimate"] = float(np.mean(w.value_estimates[name]))
-        for name, provider in self.optimizer.reward_signals.items():
-            if name != "extrinsic" and w.signal_rewards[name]:  # learned signals: mean reward per processed trajectory
-                stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.signal_rewards[name]))
-        if w.episode_rewards:
-            stats["Environment/Cumulative Reward"] = float(np.mean(w.episode_rewards))
-            stats["Environment/Episode Length"] = float(np.mean(w.episode_lengths))
-            for name, provider in self.optimizer.reward_signals.items():
-                if name == "extrinsic":  # per episode: the cumulative environment reward times strength
-                    stats[f"Policy/{provider.stat_name} Reward"] = float(np.mean(w.episode_rewards)) * provider.strength
-        self._window = _SummaryWindow()
         return stats
 
     def update_from_batch(self, batch: BatchData, num_sequences: int) -> Dict[str, float]:

@@ -54,6 +54,15 @@ class TrajectoryData(StepData):
 
 
 @dataclass
+class TransitionBatch(StepData):
+    """An off-policy (SAC) minibatch: N transitions."""
+
+    rewards: np.ndarray = None  # float32 [N], the environment's
+    next_observations: List[np.ndarray] = None  # each float32 [N, *shape]
+    dones: np.ndarray = None  # bool [N]: terminal state reached
+
+
+@dataclass
 class BatchData(StepData):
     advantages: np.ndarray = None  # float32 [N]
     returns: Dict[str, np.ndarray] = None  # per signal float32 [N]
@@ -284,3 +293,24 @@ def parse_value_query_inputs(msg: pb.EstimateValuesRequest, spec: BehaviorSpec, 
         return None, None, rewards
     steps = _steps(msg, spec, "", n, log_probs=False)
     return steps.continuous_actions, steps.discrete_actions, rewards
+
+
+def parse_transition_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, prefix: str = "batch") -> TransitionBatch:
+    """An SAC Update's minibatch: observations, actions (and masks), rewards, next observations and
+    dones of N transitions; PPO's fields must be absent (they would be silently ignored)."""
+    n = _length(msg.rewards, f"{prefix}.rewards")
+    rewards = _float(msg.rewards, f"{prefix}.rewards", (n,))
+    for name in ("advantages", "continuous_log_probs", "discrete_log_probs", "memories", "critic_memories", "loss_masks"):
+        if is_set(getattr(msg, name)):
+            raise InvalidArgument(f"{prefix}.{name}", "must be omitted for trainer_type sac (an off-policy update does not use it)")
+    for name in ("returns", "value_estimates"):
+        if len(getattr(msg, name)):
+            raise InvalidArgument(f"{prefix}.{name}", "must be omitted for trainer_type sac (an off-policy update does not use it)")
+    steps = _steps(msg, spec, prefix, n, log_probs=False)
+    if not msg.next_observations:
+        raise InvalidArgument(f"{prefix}.next_observations", "are required for trainer_type sac (one tensor per observation, [N, *shape])")
+    next_obs = decode_observations(msg.next_observations, spec, f"{prefix}.next_observations", (n,))
+    if not is_set(msg.dones):
+        raise InvalidArgument(f"{prefix}.dones", "is required for trainer_type sac (BOOL [N], true where the episode terminated)")
+    dones = _decode(msg.dones, f"{prefix}.dones", _MASK_TYPES, (n,)).astype(bool)
+    return TransitionBatch(**vars(steps), rewards=rewards, next_observations=next_obs, dones=dones)

@@ -224,7 +224,7 @@ class EstimateValuesResponse(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, Tensor]] = ..., bootstrap_values: _Optional[_Mapping[str, float]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., policy_version: _Optional[int] = ..., signal_rewards: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class TrainingBatch(_message.Message):
-    __slots__ = ("observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "action_masks", "advantages", "returns", "value_estimates", "memories", "critic_memories", "loss_masks")
+    __slots__ = ("observations", "continuous_actions", "discrete_actions", "continuous_log_probs", "discrete_log_probs", "action_masks", "advantages", "returns", "value_estimates", "memories", "critic_memories", "loss_masks", "rewards", "next_observations", "dones")
     class ReturnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,9 @@ class TrainingBatch(_message.Message):
     MEMORIES_FIELD_NUMBER: _ClassVar[int]
     CRITIC_MEMORIES_FIELD_NUMBER: _ClassVar[int]
     LOSS_MASKS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    DONES_FIELD_NUMBER: _ClassVar[int]
     observations: _containers.RepeatedCompositeFieldContainer[Tensor]
     continuous_actions: Tensor
     discrete_actions: Tensor
@@ -263,7 +266,10 @@ class TrainingBatch(_message.Message):
     memories: Tensor
     critic_memories: Tensor
     loss_masks: Tensor
-    def __init__(self, observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., returns: _Optional[_Mapping[str, Tensor]] = ..., value_estimates: _Optional[_Mapping[str, Tensor]] = ..., memories: _Optional[_Union[Tensor, _Mapping]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., loss_masks: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    rewards: Tensor
+    next_observations: _containers.RepeatedCompositeFieldContainer[Tensor]
+    dones: Tensor
+    def __init__(self, observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., continuous_actions: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_actions: _Optional[_Union[Tensor, _Mapping]] = ..., continuous_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., discrete_log_probs: _Optional[_Union[Tensor, _Mapping]] = ..., action_masks: _Optional[_Union[Tensor, _Mapping]] = ..., advantages: _Optional[_Union[Tensor, _Mapping]] = ..., returns: _Optional[_Mapping[str, Tensor]] = ..., value_estimates: _Optional[_Mapping[str, Tensor]] = ..., memories: _Optional[_Union[Tensor, _Mapping]] = ..., critic_memories: _Optional[_Union[Tensor, _Mapping]] = ..., loss_masks: _Optional[_Union[Tensor, _Mapping]] = ..., rewards: _Optional[_Union[Tensor, _Mapping]] = ..., next_observations: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., dones: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class UpdateRequest(_message.Message):
     __slots__ = ("behavior_name", "batch", "num_sequences")
