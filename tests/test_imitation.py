@@ -196,3 +196,25 @@ def test_behavioral_cloning_reproduces_the_scripted_expert(client, server):
           f"pretraining loss {stats.get('Losses/Pretraining Loss')}")
     assert greedy.success_rate >= 0.95, greedy
     assert "Losses/Pretraining Loss" in stats
+
+
+def test_gail_and_curiosity_train_under_sac_too(client, server):
+    """SAC scores learned signals on each sampled minibatch and trains them by
+    reward_signal_steps_per_update: GAIL's discriminator and curiosity's models take steps."""
+    client.register("Expert", RULE_SPEC, {"inference": True})
+    demo = client.record_demonstration("Expert", "rule", expert_trajectories(RULE, RULE_SPEC, RuleFollowing.expert_action, 5))
+    settings = {"trainer_type": "sac", "time_horizon": 10,
+                "hyperparameters": {"batch_size": 32, "buffer_size": 1000, "buffer_init_steps": 0, "steps_per_update": 4.0},
+                "network_settings": {"hidden_units": 16, "num_layers": 1},
+                "reward_signals": {"extrinsic": {}, "curiosity": {"strength": 0.1},
+                                   "gail": {"demo_path": demo.demo_path, "use_actions": True}}}
+    client.register("SAC-Imitator", RULE_SPEC, settings)
+    policy = client.get_local_policy("SAC-Imitator")
+    trajectories = expert_trajectories(RULE, RULE_SPEC, lambda obs: int(policy.act([obs[None]]).discrete_actions[0, 0]), 10)
+    client.submit("SAC-Imitator", trajectories)
+    behavior = server.registry.get("SAC-Imitator")
+    assert behavior.wait_idle(60)
+    stats = behavior.trainer.latest_stats
+    assert behavior.trainer.updates_done == 100 // 4
+    for key in ("Losses/GAIL Loss", "Policy/GAIL Expert Estimate", "Losses/Curiosity Forward Loss", "Losses/Q1 Loss"):
+        assert key in stats and np.isfinite(stats[key]), (key, stats)
