@@ -392,7 +392,12 @@ def _batch_obs_short(batch: pb.TrainingBatch) -> None:
     batch.observations[0].CopyFrom(to_tensor(np.zeros((16, 4), np.float32)))
 
 
+def _batch_with_sac_rewards(batch: pb.TrainingBatch) -> None:
+    batch.rewards.CopyFrom(to_tensor(np.zeros(32, np.float32)))
+
+
 UPDATE_CASES = [
+    ("sac-field-on-ppo", _batch_with_sac_rewards, 32, ["batch.rewards", "trainer_type ppo"]),
     ("nan-advantage", _batch_nan_advantage, 32, ["batch.advantages", "NaN"]),
     ("returns-length", _batch_short_returns, 32, ["batch.returns[extrinsic]", "shape"]),
     ("returns-missing-extrinsic", _batch_missing_extrinsic, 32, ["batch.returns", "extrinsic"]),

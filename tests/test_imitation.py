@@ -216,5 +216,34 @@ def test_gail_and_curiosity_train_under_sac_too(client, server):
     assert behavior.wait_idle(60)
     stats = behavior.trainer.latest_stats
     assert behavior.trainer.updates_done == 100 // 4
-    for key in ("Losses/GAIL Loss", "Policy/GAIL Expert Estimate", "Losses/Curiosity Forward Loss", "Losses/Q1 Loss"):
+    for key in ("Losses/GAIL Loss", "Policy/GAIL Expert Estimate", "Losses/Curiosity Forward Loss", "Losses/Q1 Loss",
+                "Policy/Gail Reward", "Policy/Curiosity Reward"):
         assert key in stats and np.isfinite(stats[key]), (key, stats)
+
+
+def test_review_edge_cases_get_precise_statuses(client, server):
+    """Control characters in demo_path, the demo directory itself as a folder of demonstrations,
+    replacing a demonstration a behaviour trains on, a recording whose total reward overflows, and
+    an SAC replay buffer too large for the server."""
+    client.register("Expert", RULE_SPEC, {"inference": True})
+    client.record_demonstration("Expert", "rule", expert_trajectories(RULE, RULE_SPEC, RuleFollowing.expert_action, 2))
+    with pytest.raises(LudusError) as err:
+        client.register("Nul", RULE_SPEC, {"reward_signals": {"gail": {"demo_path": "a\x00b.demo"}}})
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "control characters" in err.value.details
+    client.register("Folder", RULE_SPEC, {"reward_signals": {"gail": {"demo_path": "."}}})  # every .demo in the directory
+    with pytest.raises(LudusError) as err:
+        client.record_demonstration("Expert", "rule", expert_trajectories(RULE, RULE_SPEC, RuleFollowing.expert_action, 1),
+                                    overwrite=True)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "Folder" in err.value.details
+    huge = expert_trajectories(RULE, RULE_SPEC, RuleFollowing.expert_action, 2)
+    for traj in huge:
+        traj.rewards.raw_data = np.full(10, 3e38, np.float32).tobytes()
+    with pytest.raises(LudusError) as err:
+        client.record_demonstration("Expert", "huge", huge)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rewards" in err.value.details
+    assert not (server.registry.demo_dir / "huge.demo").exists()
+    with pytest.raises(LudusError) as err:
+        client.register("BigReplay", RULE_SPEC, {"trainer_type": "sac", "hyperparameters": {"buffer_size": 10**12}})
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "settings.hyperparameters.buffer_size" in err.value.details and "GiB" in err.value.details
+    assert "BigReplay" not in client.list_behaviors()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from ludus_client import LudusClient, LocalPolicy
+from ludus_client.onnx_policy import OnnxPolicy
 from serverproc import ServerProcess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -120,6 +121,26 @@ def test_node_policy_evaluation_matches_python_local_policy(node, ludus_server, 
     assert [a["discrete"][0] for a in result["acts"]] == expected.discrete_actions[:, 0].tolist()
     np.testing.assert_allclose([a["discreteLogProbs"][0] for a in result["acts"]], expected.discrete_log_probs[:, 0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_node_fetches_the_onnx_model_engines_run(node, ludus_server):
+    """getPolicy(..., {format: 'onnx'}) gives the same bytes as the Python client's ONNX fetch."""
+    out = _run_example(node, "--target", ludus_server.target, "--steps", "256", "--behavior", "NodeCorridorOnnx")
+    assert out.returncode == 0, out.stderr
+    script = (
+        "const { LudusClient } = require('./src/ludus');"
+        f"const c = new LudusClient({json.dumps(ludus_server.target)});"
+        "c.getPolicy('NodeCorridorOnnx', 0, {format: 'onnx'}).then((b) => {"
+        "  console.log(JSON.stringify({version: b.version, sha256: b.sha256, size: b.data.length, format: b.format})); c.close(); })"
+        ".catch((e) => { console.error(String(e)); process.exit(1); });"
+    )
+    js = subprocess.run([node, "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=120)
+    assert js.returncode == 0, js.stderr
+    result = json.loads(js.stdout)
+    with LudusClient(ludus_server.target, timeout=60) as client:
+        blob = client.get_policy("NodeCorridorOnnx", version=result["version"], format="onnx")
+    assert (result["sha256"], result["size"], result["format"]) == (blob.sha256, len(blob.data), "onnx")
+    assert OnnxPolicy.from_bytes(blob.data).version == result["version"]
 
 
 def test_node_example_reports_grpc_errors_with_their_status(node, ludus_server):

@@ -79,8 +79,8 @@ class BehavioralCloning:
     def update(self, step: int) -> Dict[str, float]:
         """ML-Agents' BCModule.update: called once after each policy update."""
         lr = self.learning_rate(step)
-        if lr <= BC_LEARNING_RATE_FLOOR:
-            return {}
+        if lr <= BC_LEARNING_RATE_FLOOR:  # decayed away: no more cloning (ML-Agents reports a 0 loss)
+            return {"Losses/Pretraining Loss": 0.0}
         for group in self.adam.param_groups:
             group["lr"] = lr
         rows_per_batch = self.num_sequences * self.sequence_length
@@ -103,4 +103,4 @@ class BehavioralCloning:
                 losses.append(loss.item())
         if not losses:
             return {}
-        return {"Losses/Pretraining Loss": float(np.mean(losses)), "Policy/BC Learning Rate": lr}
+        return {"Losses/Pretraining Loss": float(np.mean(losses))}

@@ -14,7 +14,7 @@ import torch
 from ludus_service import __version__
 from ludus_service.device import resolve_device
 from ludus_service.errors import LudusError
-from ludus_service.registry import BehaviorRegistry
+from ludus_service.registry import DEFAULT_MAX_REPLAY_BUFFER_BYTES, BehaviorRegistry
 from ludus_service.security import SecurityConfigError, add_security_args, security_from_args
 from ludus_service.server import DEFAULT_MAX_MESSAGE_BYTES, start_server
 from ludus_service.settings import ServerConfig, load_config
@@ -43,6 +43,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--demo-dir", default="demos",
                    help="folder of .demo files: `demo_path` settings (GAIL, behavioral_cloning) are relative to it and "
                         "RecordDemonstration writes into it (default ./demos)")
+    p.add_argument("--max-replay-buffer-bytes", type=int, default=DEFAULT_MAX_REPLAY_BUFFER_BYTES,
+                   help="largest SAC replay buffer per behaviour (buffer_size x bytes per step; default 4 GiB): a larger "
+                        "buffer_size is RESOURCE_EXHAUSTED at RegisterBehavior")
     p.add_argument("--log-level", default="INFO")
     add_security_args(p)  # --auth-token-file, --tls-cert, --tls-key, --tls-client-ca (ludus_service.security)
     p.add_argument("--version", action="version", version=f"ludus-server {__version__}")
@@ -77,7 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     registry = BehaviorRegistry(config, device, args.seed, checkpoint_dir=args.checkpoint_dir, initialize_from=args.initialize_from,
                                 max_queued_steps=args.max_queued_steps, intake_timeout=args.intake_timeout,
-                                force_inference=args.inference, demo_dir=args.demo_dir)
+                                force_inference=args.inference, demo_dir=args.demo_dir,
+                                max_replay_buffer_bytes=args.max_replay_buffer_bytes)
     if args.resume:
         try:
             restored = registry.resume()

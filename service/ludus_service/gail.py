@@ -3,18 +3,23 @@
 A discriminator D(s[, a, done]) learns to tell the expert's steps (label 1) from the policy's
 (label 0); the policy is paid `-log(1 - D)`, high where its steps look expert-like. As in ML-Agents:
 
-- loss `-(log D(expert) + log(1 - D(policy)))` plus a gradient penalty (weight 10) that keeps the
-  discriminator's logit 1-Lipschitz on points between policy and expert inputs;
+- loss `-(log D(expert) + log(1 - D(policy)))` plus a gradient penalty (weight 10) pulling the norm
+  of D's gradient toward 1 on points between policy and expert inputs (on D itself, after the
+  sigmoid, as ML-Agents does; its statistic is the weighted penalty);
 - `use_actions`: the discriminator also sees the action and whether the step ended the episode;
 - `use_vail`: a variational bottleneck (128-d code with a learned sigma) whose KL to N(0, I) is held
   near 0.5 nats by a penalty coefficient beta that adapts itself (step 0.0005, starting at 0);
 - it respects `done` (an episode end is the end of imitation too) and trains on every PPO minibatch
   against an equally large random sample of the demonstration.
 
-One difference from ML-Agents on purpose: a continuous action in the policy's buffer is the raw
+One difference from ML-Agents on purpose: a continuous action in a PPO policy's buffer is the raw
 Gaussian sample while a demonstration holds what the environment received, so with `use_actions`
 the policy's actions are mapped to the environment's range (`clamp(a, -3, 3) / 3`) before the
-discriminator compares them; otherwise it could tell policy from expert by scale alone.
+discriminator compares them; otherwise it could tell policy from expert by scale alone. (SAC's
+tanh-squashed actions already are environment actions and are taken as they are.)
+
+Recurrent behaviours pad their expert rows to whole sequences for cloning; the discriminator only
+ever sees the real rows.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from torch import nn
 
 from ludus_service.buffer import CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer
 from ludus_service.learned_rewards import LearnedRewardProvider, _mlp, _weights
-from ludus_service.sequences import masked_mean
+from ludus_service.sequences import LOSS_MASK, masked_mean
 from ludus_service.settings import RewardSignalSettings
 from ludus_service.spec import BehaviorSpec
 
@@ -43,11 +48,19 @@ class GAILRewardProvider(LearnedRewardProvider):
     respects_done = True
 
     def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device,
-                 expert: AgentBuffer, seed: Optional[int] = None) -> None:
+                 expert: Optional[AgentBuffer], seed: Optional[int] = None, env_range_actions: bool = False) -> None:
+        """`expert`: the demonstration's rows; None only for a behaviour served untrained
+        (inference), which scores but never learns. `env_range_actions`: the policy's continuous
+        actions already are what the environment receives (SAC's tanh-squashed ones), rather than
+        raw Gaussian samples (PPO)."""
         super().__init__(name, settings, spec, device)
-        if len(expert) == 0:
+        if expert is not None and LOSS_MASK in expert:  # sequence padding is not expert behaviour
+            real = expert[LOSS_MASK]
+            expert = AgentBuffer({k: v[real] for k, v in expert.as_dict().items() if k != LOSS_MASK})
+        if expert is not None and len(expert) == 0:
             raise ValueError("the GAIL demonstration has no steps")
         self.expert = expert
+        self.env_range_actions = env_range_actions
         self.use_actions = settings.use_actions
         self.reads_actions = self.needs_dones = settings.use_actions
         self.use_vail = settings.use_vail
@@ -79,7 +92,7 @@ class GAILRewardProvider(LearnedRewardProvider):
         parts = [x]
         if self.continuous_size:
             actions = torch.as_tensor(batch[CONTINUOUS_ACTION], dtype=torch.float32, device=self.device)
-            parts.append(actions.clamp(-1.0, 1.0) if expert else actions.clamp(-3.0, 3.0) / 3.0)
+            parts.append(actions.clamp(-1.0, 1.0) if expert or self.env_range_actions else actions.clamp(-3.0, 3.0) / 3.0)
         if self.branches:
             disc = torch.as_tensor(batch[DISCRETE_ACTION], dtype=torch.long, device=self.device)
             parts += [nn.functional.one_hot(disc[:, j], size).float() for j, size in enumerate(self.branches)]
@@ -105,6 +118,8 @@ class GAILRewardProvider(LearnedRewardProvider):
 
     # -- learning ----------------------------------------------------------------------------------
     def sample_expert(self, size: int) -> AgentBuffer:
+        if self.expert is None:
+            raise RuntimeError("GAIL has no demonstration loaded (the behaviour is served untrained)")
         index = self.rng.integers(0, len(self.expert), size)
         return AgentBuffer({key: value[index] for key, value in self.expert.as_dict().items()})
 
@@ -112,7 +127,7 @@ class GAILRewardProvider(LearnedRewardProvider):
         mix = torch.rand(policy_in.shape[0], 1, device=self.device)
         between = (mix * policy_in + (1.0 - mix) * expert_in).detach().requires_grad_(True)
         logits, _ = self._logits(between, noise=True)
-        (gradient,) = torch.autograd.grad(logits.sum(), between, create_graph=True)
+        (gradient,) = torch.autograd.grad(torch.sigmoid(logits).sum(), between, create_graph=True)
         norm = torch.sqrt((gradient ** 2).sum(dim=1) + EPSILON)
         return ((norm - 1.0) ** 2).mean()
 
@@ -138,9 +153,9 @@ class GAILRewardProvider(LearnedRewardProvider):
                 (expert_mu ** 2).sum(dim=1).mean() + masked_mean((policy_mu ** 2).sum(dim=1), weights))
             total = total + self.beta.item() * (kl - VAIL_TARGET_KL)
             stats["Losses/GAIL KL Loss"] = kl.item()
-        penalty = self._gradient_penalty(policy_in, expert_in)
+        penalty = GRADIENT_PENALTY_WEIGHT * self._gradient_penalty(policy_in, expert_in)
         stats["Policy/GAIL Grad Mag Loss"] = penalty.item()
-        self._step(total + GRADIENT_PENALTY_WEIGHT * penalty)
+        self._step(total + penalty)
         if self.use_vail:
             with torch.no_grad():  # dual ascent on beta: more pressure while the KL exceeds the target
                 self.beta.copy_(torch.clamp(self.beta + VAIL_BETA_STEP * (stats["Losses/GAIL KL Loss"] - VAIL_TARGET_KL), min=0.0))

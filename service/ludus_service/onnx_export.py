@@ -269,8 +269,11 @@ def actor_from_tensors(spec: BehaviorSpec, network: NetworkSettings, tensors: Ma
         options["conditional_sigma"] = True
     if architecture.get("tanh_squash"):
         options["tanh_squash"] = True
-    encoder = ObservationEncoder(spec, network.normalize, network.goal_conditioning_type)
-    actor = Actor(spec, network, encoder, **options)
+    # The throwaway initial weights must not draw from the global torch RNG the learner uses: an
+    # export on an RPC thread would otherwise change what a --seed run does.
+    with torch.random.fork_rng(devices=[]):
+        encoder = ObservationEncoder(spec, network.normalize, network.goal_conditioning_type)
+        actor = Actor(spec, network, encoder, **options)
     body_linears = [i for i, m in enumerate(actor.body) if isinstance(m, nn.Linear)]
     state = actor.state_dict()
     loaded: Dict[str, torch.Tensor] = {}

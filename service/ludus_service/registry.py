@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ludus.v1 import trainer_pb2 as pb
@@ -15,12 +16,21 @@ from ludus_service.buffer import AgentBuffer
 from ludus_service.demo_recorder import DEMO_NAME
 from ludus_service.experts import load_expert_buffer
 from ludus_service.checkpoint import latest_checkpoint, load_checkpoint
-from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound
+from ludus_service.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from ludus_service.metrics import ServerMetrics
 from ludus_service.settings import ServerConfig, TrainerSettings, resolve_settings, settings_to_dict
 from ludus_service.spec import BehaviorSpec, check_spec_fits_settings, parse_spec, validate_behavior_name
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_REPLAY_BUFFER_BYTES = 4 << 30
+
+
+def replay_bytes_per_step(spec: BehaviorSpec) -> int:
+    """What one SAC replay step holds: observation and next observation (float32), actions,
+    action mask, reward and done."""
+    observation_floats = sum(int(np.prod(o.shape)) for o in spec.observations)
+    a = spec.actions
+    return 2 * 4 * observation_floats + 4 * a.continuous_size + 8 * a.num_branches + a.mask_size + 4 + 4
 
 
 def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:
@@ -50,6 +60,7 @@ class BehaviorRegistry:
         intake_timeout: float = 10.0,
         force_inference: bool = False,
         demo_dir: Optional[Path] = None,
+        max_replay_buffer_bytes: int = DEFAULT_MAX_REPLAY_BUFFER_BYTES,
     ) -> None:
         self.config = config or ServerConfig()
         self.device = torch.device(device)
@@ -63,10 +74,24 @@ class BehaviorRegistry:
         self.force_inference = force_inference
         #: Where `demo_path` settings point into and RecordDemonstration writes (`--demo-dir`).
         self.demo_dir = Path(demo_dir) if demo_dir is not None else Path("demos")
+        #: SAC replay buffers are preallocated rings of buffer_size steps: bounded per behaviour.
+        self.max_replay_buffer_bytes = max_replay_buffer_bytes
         self._behaviors: Dict[str, Behavior] = {}
         self._lock = threading.Lock()
         #: Set at graceful shutdown: new trainer RPCs are refused with UNAVAILABLE.
         self.shutting_down = False
+
+    def _check_replay_buffer_size(self, spec: BehaviorSpec, settings: TrainerSettings) -> None:
+        """Refuse an SAC buffer_size whose replay buffer would not fit, before anything is accepted
+        (the ring is allocated when the first trajectory arrives; failing then would lose it)."""
+        if settings.trainer_type != "sac":
+            return
+        needed = settings.hyperparameters.buffer_size * replay_bytes_per_step(spec)
+        if needed > self.max_replay_buffer_bytes:
+            raise ResourceExhausted("settings.hyperparameters.buffer_size",
+                                    f"a replay buffer of {settings.hyperparameters.buffer_size} steps of this spec needs "
+                                    f"{needed / 2**30:.2f} GiB; this server allows {self.max_replay_buffer_bytes / 2**30:.2f} GiB "
+                                    "per behaviour (ludus-server --max-replay-buffer-bytes)")
 
     # -- demonstrations ----------------------------------------------------------------------------
     def demo_file(self, demo_path: str, field: str) -> Path:
@@ -74,11 +99,16 @@ class BehaviorRegistry:
         settings sent over the network cannot make the server read arbitrary files."""
         if not demo_path:
             raise InvalidArgument(field, "is empty")
+        if any(ord(c) < 32 for c in demo_path):
+            raise InvalidArgument(field, f"contains control characters: {demo_path!r}")
         if Path(demo_path).is_absolute():
             raise InvalidArgument(field, f"must be relative to the server's demo directory ({self.demo_dir}), got {demo_path!r}")
         root = self.demo_dir.resolve()
-        full = (root / demo_path).resolve()
-        if root not in full.parents:
+        try:
+            full = (root / demo_path).resolve()
+        except (OSError, ValueError) as err:  # e.g. a symlink loop, a name the OS refuses
+            raise InvalidArgument(field, f"cannot be resolved: {err}") from None
+        if full != root and root not in full.parents:
             raise InvalidArgument(field, f"{demo_path!r} leaves the server's demo directory ({self.demo_dir})")
         if not (full.is_file() or full.is_dir()):  # a folder of .demo files is fine too (ML-Agents)
             raise InvalidArgument(field, f"no demonstration {demo_path!r} in the server's demo directory ({self.demo_dir}); "
@@ -93,7 +123,20 @@ class BehaviorRegistry:
         if path.exists() and not overwrite:
             raise FailedPrecondition(field, f"{path.name} already exists in the server's demo directory; "
                                             "choose another name or set overwrite")
+        target = path.resolve()
+        in_use = path.exists() and sorted(b.name for b in self.all() if any(
+            used == target or (used.is_dir() and used == target.parent)  # a folder reads every .demo in it
+            for used in (p.resolve() for _, _, p in self._safe_demo_files(b.settings))))
+        if in_use:  # replacing it would change what a checkpointed behaviour resumes with
+            raise FailedPrecondition(field, f"{path.name} is the demonstration of behaviour(s) {', '.join(in_use)}; "
+                                            "record under another name")
         return path
+
+    def _safe_demo_files(self, settings: TrainerSettings) -> List[Tuple[str, str, Path]]:
+        try:
+            return self.demo_files(settings)
+        except InvalidArgument:
+            return []
 
     def load_demonstrations(self, settings: TrainerSettings, spec: BehaviorSpec, field_prefix: str = "settings"
                             ) -> Dict[str, AgentBuffer]:
@@ -130,8 +173,10 @@ class BehaviorRegistry:
                 continue
             path, tensors, meta = found
             name = meta["behavior_name"]
-            demonstrations = self.load_demonstrations(resolve_settings(meta["settings"]), spec_from_dict(meta["spec"]),
-                                                      f"checkpoint {path}: settings")
+            settings = resolve_settings(meta["settings"])
+            # Served untrained (--inference): the expert's steps are never used, so not needed.
+            demonstrations = {} if self.force_inference else self.load_demonstrations(
+                settings, spec_from_dict(meta["spec"]), f"checkpoint {path}: settings")
             self._behaviors[name] = Behavior.from_checkpoint(tensors, meta, inference=self.force_inference or None,
                                                              demonstrations=demonstrations, **self._behavior_kwargs(name))
             log.info("resumed %s from %s (step %d, policy version %d)", name, path, self._behaviors[name].trainer.step,
@@ -166,6 +211,7 @@ class BehaviorRegistry:
             settings = dataclasses.replace(settings, inference=True)
         check_spec_fits_settings(spec, settings.network_settings.vis_encode_type)
         self.demo_files(settings)  # a missing demonstration is the same error for new and existing names
+        self._check_replay_buffer_size(spec, settings)
         with self._lock:
             existing = self._behaviors.get(name)
             if existing is not None:
@@ -176,7 +222,7 @@ class BehaviorRegistry:
                     raise FailedPrecondition("settings", f"behaviour {name!r} is registered with different settings: {diff}")
                 return existing, False
             weights = self._initial_weights(name, settings)
-            demonstrations = self.load_demonstrations(settings, spec)
+            demonstrations = {} if settings.inference else self.load_demonstrations(settings, spec)
             try:
                 behavior = Behavior(name, spec, settings, dict(overrides or {}), initial_weights=weights,
                                     demonstrations=demonstrations, **self._behavior_kwargs(name))

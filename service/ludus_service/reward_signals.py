@@ -55,9 +55,11 @@ class ExtrinsicRewardProvider(RewardProvider):
 
 
 def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None, device="cpu",
-                           expert: Optional[AgentBuffer] = None) -> RewardProvider:
+                           expert: Optional[AgentBuffer] = None, seed: Optional[int] = None,
+                           env_range_actions: bool = False) -> RewardProvider:
     """The provider of a configured signal; learned ones (curiosity, rnd, gail) need the spec and
-    device, and GAIL the expert's steps."""
+    device, and GAIL the expert's steps, a seed for its expert sampling, and whether the policy's
+    continuous actions are already environment actions (SAC)."""
     if name == "extrinsic":
         return ExtrinsicRewardProvider(name, settings)
     from ludus_service.learned_rewards import CuriosityRewardProvider, RNDRewardProvider  # torch networks
@@ -65,9 +67,7 @@ def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None,
     if name == "gail":
         from ludus_service.gail import GAILRewardProvider
 
-        if expert is None:
-            raise ValueError("GAIL needs its demonstration (reward_signals.gail.demo_path) loaded")
-        return GAILRewardProvider(name, settings, spec, torch.device(device), expert)
+        return GAILRewardProvider(name, settings, spec, torch.device(device), expert, seed, env_range_actions)
 
     learned = {"curiosity": CuriosityRewardProvider, "rnd": RNDRewardProvider}
     if name not in learned:

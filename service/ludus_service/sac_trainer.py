@@ -101,6 +101,10 @@ class SACTrainer:
                                                           None, True, traj.agent_id)
         for name, v in values.items():
             self.summary.record_value_estimate(name, float(v.mean()))
+        piece = AgentBuffer(fields)
+        for name, provider in opt.reward_signals.items():  # "Policy/<Signal> Reward" of learned signals
+            if name != "extrinsic":
+                self.summary.record_signal_reward(name, float(provider.evaluate(piece).sum()))
         self.replay.add(fields)
         opt.global_step += traj.length
         self.summary.track_episode(traj)

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from typing import Callable, Iterator
 
 import grpc
+import numpy as np
 from google.protobuf import struct_pb2
 
 from ludus.v1 import trainer_pb2 as pb
 from ludus.v1 import trainer_pb2_grpc as pb_grpc
 from ludus_client.tensor_codec import to_tensor
 from ludus_service.behavior import STALE, UNKNOWN_VERSION
+from ludus_service.demo_recorder import DemonstrationRecorder
+from ludus_service.demonstrations import load_demonstration
 from ludus_service.errors import Internal, InvalidArgument, LudusError, ResourceExhausted, Unavailable
 from ludus_service.policy_store import ONNX, SAFETENSORS, PolicySnapshot
 from ludus_service.registry import BehaviorRegistry
 from ludus_service.settings import settings_to_dict
-from ludus_service.demo_recorder import DemonstrationRecorder
-from ludus_service.demonstrations import load_demonstration
 from ludus_service.validation import (
     decode_observations, parse_batch, parse_trajectory, parse_transition_batch, parse_value_query_inputs,
 )
@@ -30,8 +32,10 @@ from ludus_service.validation import (
 log = logging.getLogger(__name__)
 WATCH_POLL_SECONDS = 1.0
 #: A recording is held in memory until its stream ends (so nothing is written unless all of it is
-#: valid): bounded, so one client cannot exhaust the server's memory.
-MAX_RECORDING_BYTES = 1 << 30
+#: valid): bounded, so clients cannot exhaust the server's memory. The peak is a few times this
+#: (the recorder's copy, the encoded file, the check that reads it back).
+MAX_RECORDING_BYTES = 256 << 20
+MAX_CONCURRENT_RECORDINGS = 4
 
 
 def _internal(err: Exception) -> LudusError:
@@ -153,6 +157,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     def __init__(self, registry: BehaviorRegistry) -> None:
         self.registry = registry
         self.metrics = registry.metrics
+        self._recording_slots = threading.BoundedSemaphore(MAX_CONCURRENT_RECORDINGS)
 
     @_map_errors
     def RegisterBehavior(self, request: pb.RegisterBehaviorRequest, context) -> pb.RegisterBehaviorResponse:
@@ -267,8 +272,16 @@ class TrainerServicer(pb_grpc.TrainerServicer):
     @_map_errors
     def RecordDemonstration(self, request_iterator, context) -> pb.RecordDemonstrationResponse:
         """Validate every expert trajectory, then write one `.demo` file atomically (nothing on error)."""
+        if not self._recording_slots.acquire(blocking=False):
+            raise ResourceExhausted("requests", f"{MAX_CONCURRENT_RECORDINGS} recordings are in progress; retry when one ends")
+        try:
+            return self._record_demonstration(request_iterator)
+        finally:
+            self._recording_slots.release()
+
+    def _record_demonstration(self, request_iterator) -> pb.RecordDemonstrationResponse:
         recorder = behavior = None
-        name, overwrite, held_bytes = "", False, 0
+        name, overwrite, held_bytes, total_reward = "", False, 0, 0.0
         for index, request in enumerate(request_iterator):
             _refuse_if_shutting_down(self)
             if behavior is None:
@@ -283,10 +296,13 @@ class TrainerServicer(pb_grpc.TrainerServicer):
                 continue
             prefix = f"requests[{index}].trajectory"
             traj = parse_trajectory(request.trajectory, behavior.spec, prefix, demonstration=True)
-            held_bytes += sum(o.nbytes for o in traj.observations)
+            held_bytes += sum(o.nbytes for o in traj.observations) + sum(o.nbytes for o in traj.next_observations or [])
             if held_bytes > MAX_RECORDING_BYTES:
                 raise ResourceExhausted(prefix, f"the recording exceeds {MAX_RECORDING_BYTES >> 20} MiB of observations; "
                                                 "split it into several demonstrations (demo_path may name a folder of them)")
+            total_reward += float(np.sum(traj.rewards, dtype=np.float64))
+            if not np.isfinite(np.float32(total_reward)):
+                raise InvalidArgument(f"{prefix}.rewards", "the recording's total reward overflows float32 (the .demo mean reward)")
             recorder.add(observations=traj.observations, rewards=traj.rewards, agent_id=traj.agent_id,
                          continuous_actions=traj.continuous_actions, discrete_actions=traj.discrete_actions,
                          done=traj.done, interrupted=traj.interrupted, action_masks=traj.action_masks,

@@ -263,6 +263,11 @@ def parse_trajectory(msg: pb.Trajectory, spec: BehaviorSpec, prefix: str = "traj
 
 def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str], prefix: str = "batch",
                 memory_size: int = 0) -> BatchData:
+    for name in ("rewards", "dones"):  # SAC's transition fields would be silently ignored
+        if is_set(getattr(msg, name)):
+            raise InvalidArgument(f"{prefix}.{name}", "must be omitted for trainer_type ppo (it is an SAC transition field)")
+    if msg.next_observations:
+        raise InvalidArgument(f"{prefix}.next_observations", "must be omitted for trainer_type ppo (it is an SAC transition field)")
     n = _length(msg.advantages, f"{prefix}.advantages")
     advantages = _float(msg.advantages, f"{prefix}.advantages", (n,))
     steps = _steps(msg, spec, prefix, n)

@@ -161,7 +161,11 @@ class PolicyAssembler {
       sha256: chunk.sha256,
       sha256Ok: !announcement, // verified above (an announcement carries no bytes to verify)
       trainedSteps: Number(chunk.trained_steps),
-      load() { return loadPolicy(data); },
+      format: chunk.format === 'POLICY_FORMAT_ONNX' || chunk.format === 2 ? 'onnx' : 'safetensors',
+      load() {
+        if (this.format === 'onnx') throw new Error('an ONNX model: run it with onnxruntime (or an engine), not policy.js');
+        return loadPolicy(data);
+      },
     };
   }
 }
@@ -182,6 +186,13 @@ function loadTrainerService(protoPath) {
     includeDirs: [path.resolve(path.dirname(protoPath), '..', '..')],
   });
   return grpc.loadPackageDefinition(definition).ludus.v1.Trainer;
+}
+
+/** The proto enum name of a policy format: 'safetensors' or 'onnx'. */
+function policyFormat(format) {
+  const names = { safetensors: 'POLICY_FORMAT_SAFETENSORS', onnx: 'POLICY_FORMAT_ONNX' };
+  if (!(format in names)) throw new Error(`format must be 'safetensors' or 'onnx', got ${JSON.stringify(format)}`);
+  return names[format];
 }
 
 class LudusClient {
@@ -298,11 +309,12 @@ class LudusClient {
     return acks;
   }
 
-  /** GetPolicy: the weights of `version` (0 = latest) as one blob with verified SHA-256. */
-  getPolicy(behaviorName, version = 0) {
+  /** GetPolicy: version `version` (0 = latest) as one blob with verified SHA-256: safetensors
+   * weights (`format: 'safetensors'`, default) or the ONNX model engines run (`format: 'onnx'`). */
+  getPolicy(behaviorName, version = 0, { format = 'safetensors' } = {}) {
     return new Promise((resolve, reject) => {
       const call = this.stub.GetPolicy(
-        { behavior_name: behaviorName, version, format: 'POLICY_FORMAT_SAFETENSORS' },
+        { behavior_name: behaviorName, version, format: policyFormat(format) },
         this._metadata(), { deadline: this._deadline() });
       const assembler = new PolicyAssembler();
       const blobs = [];
@@ -322,9 +334,9 @@ class LudusClient {
 
   /** WatchPolicy: an async iterable of policy blobs, one per new version (newer than
    * `afterVersion`; 0 = start with the current one). `cancel()` ends the iteration cleanly. */
-  watchPolicy(behaviorName, { afterVersion = 0, versionsOnly = false } = {}) {
+  watchPolicy(behaviorName, { afterVersion = 0, versionsOnly = false, format = 'safetensors' } = {}) {
     const call = this.stub.WatchPolicy(
-      { behavior_name: behaviorName, after_version: afterVersion, format: 'POLICY_FORMAT_SAFETENSORS', versions_only: versionsOnly },
+      { behavior_name: behaviorName, after_version: afterVersion, format: policyFormat(format), versions_only: versionsOnly },
       this._metadata());
     async function* blobs() {
       const assembler = new PolicyAssembler();

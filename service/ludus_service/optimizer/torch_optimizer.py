@@ -53,7 +53,12 @@ class TorchOptimizer(Optimizer):
         """One reward provider per configured signal ("extrinsic", ...), in configuration order."""
         for name, config in reward_signal_configs.items():
             expert = self.demonstrations.get(config.demo_path) if config.demo_path else None
-            self.reward_signals[name] = create_reward_provider(name, config, self.spec, self.device, expert=expert)
+            self.reward_signals[name] = create_reward_provider(
+                name, config, self.spec, self.device, expert=expert,
+                # GAIL's expert sampling: from the trainer's seeded torch RNG, so --seed runs repeat
+                seed=int(torch.randint(0, 2**31 - 1, ()).item()) if name == "gail" else None,
+                env_range_actions=self.settings.trainer_type == "sac",  # SAC's actor is tanh-squashed
+            )
 
     @torch.no_grad()
     def get_trajectory_value_estimates(
