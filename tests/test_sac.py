@@ -226,6 +226,50 @@ def test_local_policy_matches_the_torch_sac_actor(branches):
     np.testing.assert_allclose(greedy.continuous_actions, torch.tanh(mu).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_sampled_log_probs_match_the_actor_evaluation_of_the_sampled_actions():
+    """SACOptimizer.sample computes log N(u) from the reparameterisation noise directly; it must equal
+    the actor's log-probability of the squashed action it returns."""
+    opt = SACOptimizer(service_spec(2), resolve_settings(sac_settings()))
+    with torch.no_grad():
+        opt.actor.log_std_head.weight.normal_(0, 0.3)
+        opt.actor.mu.weight.normal_(0, 0.3)
+    obs = [torch.from_numpy(np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))]
+    with torch.no_grad():
+        pi = opt.sample(obs, None)
+        evaluation = opt.actor.evaluate(obs, pi.continuous, torch.zeros((64, 0), dtype=torch.long), None)
+    torch.testing.assert_close(pi.continuous_log_probs, evaluation.continuous_log_probs.sum(dim=1), rtol=1e-3, atol=1e-3)
+
+
+def test_in_place_relus_change_no_update():
+    """The SAC networks' body ReLUs run in place; updates equal those of out-of-place ReLUs."""
+    settings = sac_settings()
+    settings["network_settings"]["activation"] = "relu"
+    spec = service_spec(1)
+    opts = []
+    for inplace in (True, False):
+        torch.manual_seed(0)
+        opt = SACOptimizer(spec, resolve_settings(settings))
+        relus = [m for net in opt.modules().values() for name, m in net.named_modules()
+                 if isinstance(m, torch.nn.ReLU) and name.startswith("body.")]
+        assert len(relus) == 5 * 2 and all(m.inplace for m in relus)  # 5 networks, 2 layers each
+        for m in relus:
+            m.inplace = inplace
+        opts.append(opt)
+    trainer_data = trajectory(spec, 64)
+    from ludus_service.buffer import AgentBuffer
+    n = 64
+    batch = AgentBuffer({"obs_0": trainer_data.observations[0], "next_obs_0": np.roll(trainer_data.observations[0], -1, axis=0),
+                         "continuous_action": trainer_data.continuous_actions, "discrete_action": np.zeros((n, 0), np.int64),
+                         "action_mask": np.ones((n, 0), bool), "extrinsic_rewards": trainer_data.rewards, DONE: np.zeros(n, np.float32)})
+    stats = []
+    for opt in opts:
+        torch.manual_seed(1)
+        stats.append([opt.update(batch, 1) for _ in range(3)])
+    assert stats[0] == stats[1]
+    for a, b in zip(opts[0].adam.param_groups[0]["params"], opts[1].adam.param_groups[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Intake and updates
 # ---------------------------------------------------------------------------------------------------

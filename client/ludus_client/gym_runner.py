@@ -512,6 +512,7 @@ def _await_processed(client: LudusClient, name: str, holder: PolicyHolder, strea
     """Off-policy lockstep (ML-Agents' SAC loop): wait until the server has processed everything we
     sent, including the gradient steps it owes for those steps, then act with its newest policy."""
     deadline = time.monotonic() + timeout
+    version, wait = holder.policy.version, poll
     while time.monotonic() < deadline:
         if stream.unacknowledged == 0:
             state = client.describe(name)
@@ -519,7 +520,13 @@ def _await_processed(client: LudusClient, name: str, holder: PolicyHolder, strea
                 if state.policy_version > holder.policy.version:
                     holder.offer(fetch())
                 return
-        time.sleep(poll)
+        # A burst of updates ends with a new version, which the watch delivers: sleep on that rather
+        # than asking the server every `poll` seconds (each Describe takes the learner's GIL), backing
+        # off to 0.2 s while nothing changes (no update owed yet, or a long burst).
+        if holder.wait_changed(version, wait):
+            version, wait = holder.policy.version, poll
+        else:
+            wait = min(wait * 2, 0.2)
     raise LudusError(grpc.StatusCode.DEADLINE_EXCEEDED, f"the server did not process our steps within {timeout:.0f}s")
 
 
