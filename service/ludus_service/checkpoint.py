@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
@@ -102,3 +102,31 @@ def remove_stale_temp_files(directory: Path) -> None:
     if directory.is_dir():
         for path in directory.glob(".checkpoint-*.tmp"):
             path.unlink(missing_ok=True)
+
+
+# -- pieces every trainer's checkpoint holds ---------------------------------------------------------
+
+def module_tensors(modules: Mapping[str, torch.nn.Module]) -> Dict[str, torch.Tensor]:
+    """`<prefix>.<state-dict key>` for each named module (networks, learned reward signals)."""
+    return {f"{prefix}.{key}": value for prefix, module in modules.items() for key, value in module.state_dict().items()}
+
+
+def module_state(tensors: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The state dict of the module saved under `prefix` (empty if none was)."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def adam_tensors(adam: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
+    """Adam's moments and step counts as `adam.<param index>.<name>` tensors (param_groups, plain
+    numbers, go into the metadata)."""
+    return {f"adam.{index}.{key}": value if torch.is_tensor(value) else torch.tensor(value)
+            for index, state in adam.state_dict()["state"].items() for key, value in state.items()}
+
+
+def restore_adam(adam: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], param_groups: list) -> None:
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    adam.load_state_dict({"state": state, "param_groups": param_groups})

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ludus_service.buffer import ACTION_MASK, CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer, next_obs_key, obs_key
+from ludus_service.checkpoint import adam_tensors, module_state, module_tensors, restore_adam
 from ludus_service.errors import Unimplemented
 from ludus_service.optimizer.ppo import NonFiniteUpdate
 from ludus_service.optimizer.sac import SACOptimizer, rewards_key
@@ -130,7 +131,7 @@ class SACTrainer:
         return self._owed(self.reward_signal_steps_per_update, self.reward_updates_done)
 
     def ready_to_update(self) -> bool:
-        return self.owed_updates() > 0 or (self._learned_signals() and self.owed_reward_updates() > 0)
+        return self.owed_updates() > 0 or (bool(self.learned_signal_modules()) and self.owed_reward_updates() > 0)
 
     def sample(self, batch_size: int) -> AgentBuffer:
         """A uniform minibatch with every signal's rewards evaluated now (ML-Agents: at sampling time)."""
@@ -164,8 +165,8 @@ class SACTrainer:
         self.latest_stats = stats
         return stats
 
-    def _learned_signals(self):
-        return [(n, p) for n, p in self.optimizer.reward_signals.items() if isinstance(p, torch.nn.Module)]
+    learned_signal_modules = PPOTrainer.learned_signal_modules
+    load_reward_networks = PPOTrainer.load_reward_networks
 
     def update_from_batch(self, batch: TransitionBatch, num_sequences: int) -> Dict[str, float]:
         """The Update RPC: one SAC gradient step (and one step of each learned reward signal) on a
@@ -192,18 +193,10 @@ class SACTrainer:
         """Networks (normaliser included), entropy coefficients, Adam moments, learned reward
         signals, and with save_replay_buffer the replay buffer (all safetensors-ready tensors)."""
         opt = self.optimizer
-        tensors: Dict[str, torch.Tensor] = {}
-        for prefix, module in opt.modules().items():
-            for key, value in module.state_dict().items():
-                tensors[f"{prefix}.{key}"] = value
+        tensors = module_tensors({**opt.modules(), **self.learned_signal_modules()})
         tensors["log_ent_coef.continuous"] = opt.log_ent_coef_continuous.detach()
         tensors["log_ent_coef.discrete"] = opt.log_ent_coef_discrete.detach()
-        for index, state in opt.adam.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        for name, provider in self._learned_signals():
-            for key, value in provider.state_dict().items():
-                tensors[f"reward.{name}.{key}"] = value
+        tensors.update(adam_tensors(opt.adam))
         if self.settings.hyperparameters.save_replay_buffer:
             tensors.update(self.replay.state_tensors())
         return tensors
@@ -224,28 +217,19 @@ class SACTrainer:
         head, so only SAC checkpoints initialise an SAC behaviour."""
         opt = self.optimizer
         for prefix, module in opt.modules().items():
-            state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            state = module_state(tensors, prefix)
             if state or prefix in ("actor", "critic"):
                 module.load_state_dict(state)
         with torch.no_grad():
             if "log_ent_coef.continuous" in tensors:
                 opt.log_ent_coef_continuous.copy_(tensors["log_ent_coef.continuous"])
                 opt.log_ent_coef_discrete.copy_(tensors["log_ent_coef.discrete"])
-        for name, provider in self._learned_signals():
-            prefix = f"reward.{name}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if state:
-                provider.load_state_dict(state)
+        self.load_reward_networks(tensors)
 
     def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
         self.load_weights(tensors)
-        adam_state: Dict[int, Dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                adam_state.setdefault(int(index), {})[name] = value
-        self.optimizer.adam.load_state_dict({"state": adam_state, "param_groups": metadata["adam_param_groups"]})
+        restore_adam(self.optimizer.adam, tensors, metadata["adam_param_groups"])
         self.replay.load_state_tensors(tensors)
         self.optimizer.global_step = int(metadata["global_step"])
         self.policy_version = int(metadata["policy_version"])

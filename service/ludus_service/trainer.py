@@ -19,6 +19,7 @@ from ludus_service.buffer import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
     DONE, MEMORY, AgentBuffer, next_obs_key, obs_key, returns_key, value_estimates_key,
 )
+from ludus_service.checkpoint import adam_tensors, module_state, module_tensors, restore_adam
 from ludus_service.gae import gae
 from ludus_service.optimizer.ppo import NonFiniteUpdate, PPOOptimizer
 from ludus_service.learned_rewards import LearnedRewardProvider
@@ -186,22 +187,22 @@ class PPOTrainer:
         """Everything training needs to continue exactly: networks (normaliser included), Adam
         moments, and the processed-but-untrained update buffer."""
         opt = self.optimizer
-        tensors: Dict[str, torch.Tensor] = {}
-        for prefix, module in (("actor", opt.actor), ("critic", opt.critic)):
-            for key, value in module.state_dict().items():
-                tensors[f"{prefix}.{key}"] = value
-        for index, state in opt.adam.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"adam.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors = module_tensors({"actor": opt.actor, "critic": opt.critic, **self.learned_signal_modules()})
+        tensors.update(adam_tensors(opt.adam))
         for key, value in self.update_buffer.as_dict().items():
             tensors[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
-        for name, provider in self._learned_signals():
-            for key, value in provider.state_dict().items():
-                tensors[f"reward.{name}.{key}"] = value
         return tensors
 
-    def _learned_signals(self):
-        return [(n, p) for n, p in self.optimizer.reward_signals.items() if isinstance(p, LearnedRewardProvider)]
+    def learned_signal_modules(self) -> Dict[str, LearnedRewardProvider]:
+        """Learned reward signals by checkpoint prefix `reward.<name>`."""
+        return {f"reward.{n}": p for n, p in self.optimizer.reward_signals.items() if isinstance(p, LearnedRewardProvider)}
+
+    def load_reward_networks(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Learned reward signals' networks, where the checkpoint has them (their Adam moments restart)."""
+        for prefix, provider in self.learned_signal_modules().items():
+            state = module_state(tensors, prefix)
+            if state:
+                provider.load_state_dict(state)
 
     def state_metadata(self) -> Dict[str, object]:
         return {
@@ -216,22 +217,13 @@ class PPOTrainer:
         """Networks only (--initialize-from / init_path): step, version and optimizer start afresh."""
         opt = self.optimizer
         for prefix, module in (("actor", opt.actor), ("critic", opt.critic)):
-            module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
-        for name, provider in self._learned_signals():  # reward networks (their Adam moments restart)
-            prefix = f"reward.{name}."
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if state:
-                provider.load_state_dict(state)
+            module.load_state_dict(module_state(tensors, prefix))
+        self.load_reward_networks(tensors)
 
     def load_state(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
         self.load_weights(tensors)
-        adam_state: Dict[int, Dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                adam_state.setdefault(int(index), {})[name] = value
-        self.optimizer.adam.load_state_dict({"state": adam_state, "param_groups": metadata["adam_param_groups"]})
+        restore_adam(self.optimizer.adam, tensors, metadata["adam_param_groups"])
         buffer = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
         self.update_buffer = AgentBuffer(buffer) if buffer else AgentBuffer()
         self.optimizer.global_step = int(metadata["global_step"])
