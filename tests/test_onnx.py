@@ -336,26 +336,33 @@ def test_tensors_of_another_actor_are_refused():
         actor_from_tensors(actor.spec, actor.settings, tensors)
 
 
-def test_tanh_squashed_policy_with_conditional_sigma():
-    """ML-Agents' SAC options: actions tanh(u), state-dependent log-std."""
-    spec, network = CASES["continuous"]
+@pytest.mark.parametrize("case", ["continuous", "recurrent"])
+def test_tanh_squashed_policy_with_conditional_sigma(case):
+    """ML-Agents' SAC options: actions tanh(u), state-dependent log-std (recurrent SAC too)."""
+    spec, network = CASES[case]
     actor = _make_actor(spec, network, conditional_sigma=True, tanh_squash=True)
     tensors, architecture = actor.export()
     model = export_snapshot(spec, network, tensors, 1, "sac", architecture)
     session = _session(model)
     rng = np.random.default_rng(7)
     observations = _observations(spec, 8, rng)
-    out = _run(session, _feeds(actor, observations, None, None))
-    ref = _reference(actor, observations, None, None)
+    memories = rng.standard_normal((8, actor.memory_size)).astype(np.float32) * 0.5 if actor.memory_size else None
+    out = _run(session, _feeds(actor, observations, None, memories))
+    ref = _reference(actor, observations, None, memories)
     assert np.abs(out[CONTINUOUS_LOG_STD] - ref["log_std"]).max() < 1e-5
     assert np.abs(out["deterministic_continuous_actions"] - np.tanh(ref["mu"])).max() < 1e-5
     assert (np.abs(out["continuous_actions"]) <= 1.0).all() and np.abs(out["continuous_actions"]).max() > 1 / 3
+    if memories is not None:
+        assert np.abs(out["recurrent_out"][:, 0, :] - ref["memories"]).max() < 1e-5
     local = LocalPolicy(tensors, architecture, 1)
     onnx_policy = OnnxPolicy.from_bytes(model)
-    a = local.act(observations, rng=np.random.default_rng(0))
-    b = onnx_policy.act(observations, rng=np.random.default_rng(0))
+    a = local.act(observations, rng=np.random.default_rng(0), memories=memories)
+    b = onnx_policy.act(observations, rng=np.random.default_rng(0), memories=memories)
     np.testing.assert_allclose(b.continuous_actions, a.continuous_actions, atol=1e-5)
     np.testing.assert_allclose(b.continuous_log_probs, a.continuous_log_probs, atol=1e-4)
+    if memories is not None:
+        np.testing.assert_allclose(b.memories, a.memories, atol=1e-5)
+        np.testing.assert_allclose(a.memories, ref["memories"], atol=1e-5)
 
 
 # -- OnnxPolicy (the SDK) ---------------------------------------------------------------------------

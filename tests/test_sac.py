@@ -24,7 +24,6 @@ from ludus_client.policy import LocalPolicy
 from ludus_client.tensor_codec import to_tensor
 from ludus_service.buffer import DONE, next_obs_key
 from ludus_service.checkpoint import checkpoint_files, load_checkpoint
-from ludus_service.errors import Unimplemented
 from ludus_service.optimizer.sac import SACOptimizer, polyak_update, target_entropies
 from ludus_service.replay_buffer import ReplayBuffer
 from ludus_service.sac_networks import QNetwork
@@ -85,8 +84,9 @@ def test_sac_hyperparameters_have_ml_agents_defaults():
     ({"hyperparameters": {"buffer_init_steps": 10}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.buffer_init_steps"),
     ({"trainer_type": "sac", "hyperparameters": {"tau": 1.5}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.tau"),
     ({"trainer_type": "sac", "hyperparameters": {"steps_per_update": 0}}, grpc.StatusCode.INVALID_ARGUMENT, "hyperparameters.steps_per_update"),
-    ({"trainer_type": "sac", "network_settings": {"memory": {"memory_size": 32, "sequence_length": 8}}},
-     grpc.StatusCode.UNIMPLEMENTED, "network_settings.memory"),
+    ({"trainer_type": "sac", "hyperparameters": {"batch_size": 4},
+      "network_settings": {"memory": {"memory_size": 32, "sequence_length": 8}}},
+     grpc.StatusCode.INVALID_ARGUMENT, "network_settings.memory.sequence_length"),
 ])
 def test_bad_sac_settings_name_the_key(client, settings, code, key):
     with pytest.raises(LudusError) as err:
@@ -356,13 +356,6 @@ def test_update_rpc_takes_transitions_and_estimate_values_reads_the_critic(serve
     assert bootstrap["extrinsic"] == pytest.approx(float(expected[6]), rel=1e-5, abs=1e-6)
     _, done_bootstrap = client.estimate_values("Rpc", [obs], None, done=True)
     assert done_bootstrap["extrinsic"] == 0.0
-
-
-def test_behavioral_cloning_with_sac_is_unimplemented():
-    settings = resolve_settings(sac_settings())
-    settings.behavioral_cloning = object()  # any configuration
-    with pytest.raises(Unimplemented, match="behavioral_cloning"):
-        SACTrainer(service_spec(), settings)
 
 
 def test_gym_runner_trains_sac_in_lockstep_without_dropping_old_versions(server):

@@ -7,7 +7,8 @@ linearly to 0 over `steps` trained environment steps (constant when `steps` is 0
 
 Losses: cross-entropy of the expert's option per discrete branch (with the expert's action masks),
 and for the continuous block the mean squared error between the action the environment would get
-from the policy's mean, `mu / 3` (the env receives `clamp(a, -3, 3) / 3`), and the expert's action.
+from the policy's mean and the expert's action: `mu / 3` for PPO's actor (the env receives
+`clamp(a, -3, 3) / 3`), `tanh(mu)` for SAC's tanh-squashed actor.
 ML-Agents compares the raw sample with the expert's env-range action instead, which asks the policy
 for a mean three times too small; matching in the environment's range clones the expert's actions.
 
@@ -65,7 +66,9 @@ class BehavioralCloning:
         per_step = torch.zeros(hidden.shape[0], device=self.device)
         if actor.continuous_size:
             expert = torch.as_tensor(batch[CONTINUOUS_ACTION], dtype=torch.float32, device=self.device).clamp(-1.0, 1.0)
-            per_step = per_step + ((actor.mu(hidden) / 3.0 - expert) ** 2).mean(dim=1)
+            mu = actor.mu(hidden)
+            mean_action = torch.tanh(mu) if actor.tanh_squash else mu / 3.0
+            per_step = per_step + ((mean_action - expert) ** 2).mean(dim=1)
         if actor.branches:
             chosen = torch.as_tensor(batch[DISCRETE_ACTION], dtype=torch.long, device=self.device)
             masks = torch.as_tensor(batch[ACTION_MASK], dtype=torch.bool, device=self.device) if ACTION_MASK in batch else None

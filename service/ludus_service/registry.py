@@ -25,12 +25,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REPLAY_BUFFER_BYTES = 4 << 30
 
 
-def replay_bytes_per_step(spec: BehaviorSpec) -> int:
+def replay_bytes_per_step(spec: BehaviorSpec, memory_size: int = 0) -> int:
     """What one SAC replay step holds: observation and next observation (float32), actions,
-    action mask, reward and done."""
+    action mask, reward and done; recurrent behaviours add policy and critic memories (float32) and
+    the loss mask."""
     observation_floats = sum(int(np.prod(o.shape)) for o in spec.observations)
     a = spec.actions
-    return 2 * 4 * observation_floats + 4 * a.continuous_size + 8 * a.num_branches + a.mask_size + 4 + 4
+    recurrent = 2 * 4 * memory_size + 1 if memory_size else 0
+    return 2 * 4 * observation_floats + 4 * a.continuous_size + 8 * a.num_branches + a.mask_size + 4 + 4 + recurrent
 
 
 def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:
@@ -86,7 +88,8 @@ class BehaviorRegistry:
         (the ring is allocated when the first trajectory arrives; failing then would lose it)."""
         if settings.trainer_type != "sac":
             return
-        needed = settings.hyperparameters.buffer_size * replay_bytes_per_step(spec)
+        memory = settings.network_settings.memory
+        needed = settings.hyperparameters.buffer_size * replay_bytes_per_step(spec, memory.memory_size if memory else 0)
         if needed > self.max_replay_buffer_bytes:
             raise ResourceExhausted("settings.hyperparameters.buffer_size",
                                     f"a replay buffer of {settings.hyperparameters.buffer_size} steps of this spec needs "

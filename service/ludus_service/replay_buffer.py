@@ -6,6 +6,11 @@ ML-Agents instead grows its buffer and truncates it; a ring keeps the footprint 
 what the `ludus_replay_buffer_bytes` gauge reports. Fields are the AgentBuffer names
 (ludus_service.buffer), so a sampled minibatch is an AgentBuffer that the optimizer and the reward
 providers read like any other.
+
+Recurrent networks train on whole sequences: with `sequence_length` L > 1 the capacity is a
+multiple of L, rows arrive as padded sequences (a multiple of L at a time, ludus_service.sequences),
+so every sequence stays in L consecutive rows at an L-aligned offset of the ring, and `sample` draws
+whole sequences (ML-Agents' sample_mini_batch with a sequence_length).
 """
 from __future__ import annotations
 
@@ -21,10 +26,14 @@ PREFIX = "replay."
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, sequence_length: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
+        if sequence_length < 1:
+            raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
+        self.sequence_length = sequence_length
+        # Whole sequences only: rounded up, so buffer_size steps of real experience always fit.
+        self.capacity = -(-capacity // sequence_length) * sequence_length
         self._arrays: Dict[str, np.ndarray] = {}
         self._next = 0  # row the next step is written to
         self._size = 0
@@ -55,6 +64,8 @@ class ReplayBuffer:
         if len(lengths) != 1:
             raise ValueError(f"fields have different lengths: { {k: len(v) for k, v in fields.items()} }")
         n = lengths.pop()
+        if n % self.sequence_length:
+            raise ValueError(f"{n} rows are not whole sequences of {self.sequence_length}")
         if not self._arrays:
             self._allocate(fields)
         if set(fields) != set(self._arrays):
@@ -69,10 +80,16 @@ class ReplayBuffer:
         self._size = min(self._size + n, self.capacity)
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> AgentBuffer:
-        """`batch_size` rows drawn uniformly with replacement (ML-Agents' sample_mini_batch)."""
+        """`batch_size` rows drawn uniformly with replacement (ML-Agents' sample_mini_batch); with
+        sequences, batch_size // sequence_length whole sequences (at least one)."""
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        idx = rng.integers(0, self._size, size=batch_size)
+        seq = self.sequence_length
+        if seq == 1:
+            idx = rng.integers(0, self._size, size=batch_size)
+        else:
+            starts = rng.integers(0, self._size // seq, size=max(batch_size // seq, 1)) * seq
+            idx = (starts[:, None] + np.arange(seq)).reshape(-1)
         return AgentBuffer({k: a[idx] for k, a in self._arrays.items()})
 
     def ordered(self) -> Dict[str, np.ndarray]:
@@ -91,4 +108,8 @@ class ReplayBuffer:
         fields = {k[len(PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(PREFIX)}
         self._arrays, self._next, self._size = {}, 0, 0
         if fields and len(next(iter(fields.values()))):
+            n = len(next(iter(fields.values())))
+            if n % self.sequence_length:
+                raise ValueError(f"the saved replay buffer holds {n} rows, not whole sequences of {self.sequence_length} "
+                                 "(was network_settings.memory.sequence_length changed?)")
             self.add(fields)

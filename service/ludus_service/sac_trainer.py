@@ -11,6 +11,13 @@ experience with their current networks.
 Behavior calls `update_policy` while `ready_to_update` holds; each call runs at most
 MAX_UPDATES_PER_BURST gradient steps and publishes one policy version, so the learner thread can
 take queued trajectories between bursts and a long backlog of updates never stalls intake.
+
+Recurrent behaviours store each trajectory as padded sequences (ludus_service.sequences) with the
+client's policy memories and the critic memories the value critic had at each sequence's start
+(continued per agent across trajectory pieces, as for PPO), and sample whole sequences.
+
+Behavioural cloning (`behavioral_cloning`) runs its supervised epochs once after each burst of
+gradient steps, as ML-Agents' off-policy trainer does after each round of SAC updates.
 """
 from __future__ import annotations
 
@@ -22,13 +29,16 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 import torch
 
-from ludus_service.buffer import ACTION_MASK, CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer, next_obs_key, obs_key
+from ludus_service.behavioral_cloning import BehavioralCloning
+from ludus_service.buffer import (
+    ACTION_MASK, CONTINUOUS_ACTION, CRITIC_MEMORY, DISCRETE_ACTION, DONE, MEMORY, AgentBuffer, next_obs_key, obs_key,
+)
 from ludus_service.checkpoint import adam_tensors, module_state, module_tensors, restore_adam
-from ludus_service.errors import Unimplemented
 from ludus_service.optimizer.ppo import NonFiniteUpdate
 from ludus_service.optimizer.sac import SACOptimizer, rewards_key
 from ludus_service.replay_buffer import ReplayBuffer
 from ludus_service.reward_signals import ENVIRONMENT_REWARDS
+from ludus_service.sequences import LOSS_MASK, AgentMemories, pad_to_sequences
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
 from ludus_service.summaries import TrainingSummary
@@ -36,6 +46,9 @@ from ludus_service.trainer import PPOTrainer
 from ludus_service.validation import TrajectoryData, TransitionBatch
 
 log = logging.getLogger(__name__)
+
+#: SAC has no num_epoch: behavioural cloning's own `num_epoch`, else this many (ML-Agents' default).
+DEFAULT_BC_NUM_EPOCH = 3
 
 #: Gradient steps per update_policy call (one published policy version). Small enough that the
 #: learner returns to its intake queue often, large enough that publishing stays cheap.
@@ -51,15 +64,22 @@ class SACTrainer:
 
     def __init__(self, spec: BehaviorSpec, settings: TrainerSettings, device: torch.device | str = "cpu", seed: Optional[int] = None,
                  demonstrations: Optional[Mapping[str, AgentBuffer]] = None) -> None:
-        if getattr(settings, "behavioral_cloning", None) is not None:
-            raise Unimplemented("behavioral_cloning", "is not implemented for trainer_type sac yet")
         if seed is not None:
             torch.manual_seed(seed)
         self.spec = spec
         self.settings = settings
         self.optimizer = SACOptimizer(spec, settings, device, demonstrations)
         hp = settings.hyperparameters
-        self.replay = ReplayBuffer(hp.buffer_size)
+        self.replay = ReplayBuffer(hp.buffer_size, self.optimizer.sequence_length)
+        memory_size = self.optimizer.critic.memory_size
+        #: EstimateValues' own per-agent critic memories (a caller's agent ids must not disturb training's).
+        self._rpc_memories = AgentMemories(memory_size) if memory_size else None
+        bc = settings.behavioral_cloning
+        self.behavioral_cloning = None
+        if bc is not None and not settings.inference:
+            self.behavioral_cloning = BehavioralCloning(
+                self.optimizer.actor, bc, hp.learning_rate, hp.batch_size, DEFAULT_BC_NUM_EPOCH,
+                dict(demonstrations or {})[bc.demo_path], self.optimizer.sequence_length, seed)
         self.rng = np.random.default_rng(seed)
         self.policy_version = 1
         self.latest_stats: Dict[str, float] = {}
@@ -97,15 +117,23 @@ class SACTrainer:
         dones = np.zeros(traj.length, dtype=np.float32)
         dones[-1] = 1.0 if traj.done and not traj.interrupted else 0.0  # interrupted: bootstrap
         fields[DONE] = dones
-        # Value estimates for the statistics ML-Agents reports ("Policy/<Signal> Value Estimate").
-        values, _, _ = opt.get_trajectory_value_estimates(AgentBuffer({obs_key(i): o for i, o in enumerate(traj.observations)}),
-                                                          None, True, traj.agent_id)
+        # Value estimates for the statistics ML-Agents reports ("Policy/<Signal> Value Estimate");
+        # recurrent critics also give the memory at each sequence's start, continued per agent.
+        values, _, critic_memories = opt.get_trajectory_value_estimates(
+            AgentBuffer({obs_key(i): o for i, o in enumerate(traj.observations)}), traj.next_observations, traj.done, traj.agent_id)
+        if opt.recurrent:
+            fields[MEMORY] = traj.memories
+            fields[CRITIC_MEMORY] = critic_memories
+            if traj.interrupted:  # the agent's next trajectory starts a new episode: fresh critic memory
+                opt.critic_memories.drop(traj.agent_id)
         for name, v in values.items():
             self.summary.record_value_estimate(name, float(v.mean()))
         piece = AgentBuffer(fields)
         for name, provider in opt.reward_signals.items():  # "Policy/<Signal> Reward" of learned signals
             if name != "extrinsic":
                 self.summary.record_signal_reward(name, float(provider.evaluate(piece).sum()))
+        if opt.recurrent:  # whole sequences, the last one padded (loss-masked) at its end
+            fields = pad_to_sequences(fields, opt.sequence_length, fill={ACTION_MASK: True})
         self.replay.add(fields)
         opt.global_step += traj.length
         self.summary.track_episode(traj)
@@ -134,7 +162,8 @@ class SACTrainer:
         return self.owed_updates() > 0 or (bool(self.learned_signal_modules()) and self.owed_reward_updates() > 0)
 
     def sample(self, batch_size: int) -> AgentBuffer:
-        """A uniform minibatch with every signal's rewards evaluated now (ML-Agents: at sampling time)."""
+        """A uniform minibatch (whole sequences for recurrent behaviours) with every signal's rewards
+        evaluated now (ML-Agents: at sampling time)."""
         batch = self.replay.sample(self.rng, batch_size)
         for name, provider in self.optimizer.reward_signals.items():
             batch[rewards_key(name)] = provider.evaluate(batch)
@@ -144,10 +173,12 @@ class SACTrainer:
         """One burst: at most `max_updates` owed gradient steps (and owed reward-signal updates),
         then a new policy version. Statistics average the burst's steps."""
         hp = self.settings.hyperparameters
+        num_sequences = max(hp.batch_size // self.optimizer.sequence_length, 1)
         collected: Dict[str, List[float]] = defaultdict(list)
-        for _ in range(min(self.owed_updates(), max_updates)):
+        policy_updates = min(self.owed_updates(), max_updates)
+        for _ in range(policy_updates):
             try:
-                stats = self.optimizer.update(self.sample(hp.batch_size), 1)
+                stats = self.optimizer.update(self.sample(hp.batch_size), num_sequences)
             except NonFiniteUpdate as err:  # extreme (finite) experience: skip, keep the weights finite
                 log.warning("skipped a minibatch: %s", err)
                 stats = {}
@@ -160,6 +191,8 @@ class SACTrainer:
                 collected[key].append(value)
             self.reward_updates_done += 1
         stats = {key: float(np.mean(values)) for key, values in collected.items()}
+        if self.behavioral_cloning is not None and policy_updates:
+            stats.update(self.behavioral_cloning.update(self.step))
         stats.update(self.summary.flush(self.optimizer.reward_signals))
         self.policy_version += 1
         self.latest_stats = stats
@@ -179,6 +212,11 @@ class SACTrainer:
                                else np.ones((batch.length, self.spec.actions.mask_size), dtype=bool))
         fields[ENVIRONMENT_REWARDS] = batch.rewards
         fields[DONE] = batch.dones.astype(np.float32)
+        if self.optimizer.recurrent:
+            fields[MEMORY] = batch.memories
+            fields[CRITIC_MEMORY] = batch.critic_memories
+        if batch.loss_masks is not None:
+            fields[LOSS_MASK] = batch.loss_masks
         minibatch = AgentBuffer(fields)
         for name, provider in self.optimizer.reward_signals.items():
             minibatch[rewards_key(name)] = provider.evaluate(minibatch)
@@ -242,9 +280,4 @@ class SACTrainer:
     # value critic are involved, which SAC has exactly as PPO does.
     signal_rewards = PPOTrainer.signal_rewards
     value_snapshot = PPOTrainer.value_snapshot
-
-    def estimate_values(self, observations: List[np.ndarray], next_observations: Optional[List[np.ndarray]], done: bool,
-                        agent_id: str, interrupted: bool = False):
-        """The EstimateValues RPC: the value critic V(s) per signal (SAC networks are not recurrent)."""
-        piece = AgentBuffer({obs_key(i): o for i, o in enumerate(observations)})
-        return self.optimizer.get_trajectory_value_estimates(piece, next_observations, done, agent_id)
+    estimate_values = PPOTrainer.estimate_values  # the value critic V(s), with its own memory store

@@ -206,7 +206,7 @@ class TrainerServicer(pb_grpc.TrainerServicer):
         if request.num_sequences < 1:
             raise InvalidArgument("num_sequences", f"must be >= 1, got {request.num_sequences}")
         if behavior.settings.trainer_type == "sac":  # transitions (s, a, r, s', done), not PPO's fields
-            batch = parse_transition_batch(request.batch, behavior.spec)
+            batch = parse_transition_batch(request.batch, behavior.spec, memory_size=behavior.memory_size)
         else:
             batch = parse_batch(request.batch, behavior.spec, behavior.signal_names, memory_size=behavior.memory_size)
         stats, version = behavior.update(batch, request.num_sequences)

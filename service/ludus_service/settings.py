@@ -369,8 +369,6 @@ def _check_consistency(s: TrainerSettings, path: str = "") -> None:
     if bc is not None and not bc.demo_path:
         raise InvalidArgument(f"{path}behavioral_cloning.demo_path", "is required: the demonstration (.demo file) to clone")
     mem = s.network_settings.memory
-    if mem is not None and s.trainer_type == "sac":
-        raise Unimplemented(f"{path}network_settings.memory", "recurrent networks are not implemented for trainer_type sac yet")
     if mem is not None:
         if mem.memory_size % 2:
             raise InvalidArgument(f"{path}network_settings.memory.memory_size", f"must be even, got {mem.memory_size}")

@@ -60,6 +60,8 @@ class TransitionBatch(StepData):
     rewards: np.ndarray = None  # float32 [N], the environment's
     next_observations: List[np.ndarray] = None  # each float32 [N, *shape]
     dones: np.ndarray = None  # bool [N]: terminal state reached
+    critic_memories: Optional[np.ndarray] = None  # float32 [N, memory_size] (recurrent) or None
+    loss_masks: Optional[np.ndarray] = None  # bool [N] or None (every row counts)
 
 
 @dataclass
@@ -273,11 +275,7 @@ def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str
     steps = _steps(msg, spec, prefix, n)
     steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
     critic_memories = _memories(msg.critic_memories, f"{prefix}.critic_memories", n, memory_size)
-    loss_masks = None
-    if is_set(msg.loss_masks):
-        loss_masks = _decode(msg.loss_masks, f"{prefix}.loss_masks", _MASK_TYPES, (n,)).astype(bool)
-        if not loss_masks.any():
-            raise InvalidArgument(f"{prefix}.loss_masks", "masks every row: nothing to train on")
+    loss_masks = _loss_masks(msg, f"{prefix}.loss_masks", n)
     per_signal = {}
     for key in ("returns", "value_estimates"):
         given = dict(msg.returns if key == "returns" else msg.value_estimates)
@@ -300,12 +298,23 @@ def parse_value_query_inputs(msg: pb.EstimateValuesRequest, spec: BehaviorSpec, 
     return steps.continuous_actions, steps.discrete_actions, rewards
 
 
-def parse_transition_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, prefix: str = "batch") -> TransitionBatch:
+def _loss_masks(msg: pb.TrainingBatch, field: str, n: int) -> Optional[np.ndarray]:
+    if not is_set(msg.loss_masks):
+        return None
+    loss_masks = _decode(msg.loss_masks, field, _MASK_TYPES, (n,)).astype(bool)
+    if not loss_masks.any():
+        raise InvalidArgument(field, "masks every row: nothing to train on")
+    return loss_masks
+
+
+def parse_transition_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, prefix: str = "batch", memory_size: int = 0) -> TransitionBatch:
     """An SAC Update's minibatch: observations, actions (and masks), rewards, next observations and
-    dones of N transitions; PPO's fields must be absent (they would be silently ignored)."""
+    dones of N transitions, and for recurrent networks the policy and critic memories (rows sequence
+    after sequence) with optional loss masks; PPO's fields must be absent (they would be silently
+    ignored)."""
     n = _length(msg.rewards, f"{prefix}.rewards")
     rewards = _float(msg.rewards, f"{prefix}.rewards", (n,))
-    for name in ("advantages", "continuous_log_probs", "discrete_log_probs", "memories", "critic_memories", "loss_masks"):
+    for name in ("advantages", "continuous_log_probs", "discrete_log_probs"):
         if is_set(getattr(msg, name)):
             raise InvalidArgument(f"{prefix}.{name}", "must be omitted for trainer_type sac (an off-policy update does not use it)")
     for name in ("returns", "value_estimates"):
@@ -318,4 +327,7 @@ def parse_transition_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, prefix: st
     if not is_set(msg.dones):
         raise InvalidArgument(f"{prefix}.dones", "is required for trainer_type sac (BOOL [N], true where the episode terminated)")
     dones = _decode(msg.dones, f"{prefix}.dones", _MASK_TYPES, (n,)).astype(bool)
-    return TransitionBatch(**vars(steps), rewards=rewards, next_observations=next_obs, dones=dones)
+    steps.memories = _memories(msg.memories, f"{prefix}.memories", n, memory_size)
+    critic_memories = _memories(msg.critic_memories, f"{prefix}.critic_memories", n, memory_size)
+    return TransitionBatch(**vars(steps), rewards=rewards, next_observations=next_obs, dones=dones,
+                           critic_memories=critic_memories, loss_masks=_loss_masks(msg, f"{prefix}.loss_masks", n))

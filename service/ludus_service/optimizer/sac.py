@@ -18,6 +18,12 @@ Losses of one minibatch (a ~ pi(s) sampled with the reparameterisation trick, al
 - entropy: -log_alpha * (log pi + target_entropy), detached.
 Because each loss reaches only its own parameters (Q frozen in the policy term, targets detached),
 one backward pass and one Adam over all parameters give the same step as ML-Agents' three optimizers.
+
+Recurrent behaviours train on sampled whole sequences (rows sequence after sequence). The actor
+replays each from the policy memory the client recorded at its first step, the value critic from
+the critic memory of that step, the Q networks from zeros; every mean skips padding (LOSS_MASK). The
+target critic runs over [s_0, s'_0, ..., s'_{L-1}] from the critic memory, so V_target(s'_t) has seen
+exactly the steps before s'_t (ML-Agents approximates this with the memory of the second step).
 """
 from __future__ import annotations
 
@@ -28,12 +34,15 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ludus_service.buffer import ACTION_MASK, CONTINUOUS_ACTION, DISCRETE_ACTION, DONE, AgentBuffer, next_obs_key, obs_key
+from ludus_service.buffer import (
+    ACTION_MASK, CONTINUOUS_ACTION, CRITIC_MEMORY, DISCRETE_ACTION, DONE, MEMORY, AgentBuffer, next_obs_key, obs_key,
+)
 from ludus_service.networks import Actor, Critic, masked_logits, squash_correction
 from ludus_service.optimizer.ppo import NonFiniteUpdate, _adam
 from ludus_service.optimizer.torch_optimizer import TorchOptimizer
 from ludus_service.sac_networks import QNetwork
 from ludus_service.schedules import LEARNING_RATE_FLOOR, decayed_value
+from ludus_service.sequences import LOSS_MASK, masked_mean
 from ludus_service.settings import TrainerSettings
 from ludus_service.spec import BehaviorSpec
 
@@ -114,8 +123,10 @@ class SACOptimizer(TorchOptimizer):
         return {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic, "q1": self.q1, "q2": self.q2}
 
     # -- the policy ---------------------------------------------------------------------------------
-    def sample(self, observations: Sequence[torch.Tensor], masks: Optional[torch.Tensor]) -> PolicySample:
-        hidden, _ = self.actor.trunk(observations, None, 1)
+    def sample(self, observations: Sequence[torch.Tensor], masks: Optional[torch.Tensor],
+               memories: Optional[torch.Tensor] = None, sequence_length: int = 1) -> PolicySample:
+        """Reparameterised actions of every row (recurrent actors: sequences from `memories`)."""
+        hidden, _ = self.actor.trunk(observations, memories, sequence_length)
         n = hidden.shape[0]
         continuous = hidden.new_zeros((n, 0))
         cont_lp = hidden.new_zeros(n)
@@ -142,6 +153,21 @@ class SACOptimizer(TorchOptimizer):
             offset += size
         return parts
 
+    def target_values(self, obs: List[torch.Tensor], next_obs: List[torch.Tensor],
+                      critic_memories: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """V_target(s') of every row. Recurrent: each sequence's [s_0, s'_0 .. s'_{L-1}] from its
+        critic memory, keeping the values of the s' rows."""
+        if critic_memories is None:
+            return self.target_critic(next_obs)
+        seq, sequences = self.sequence_length, critic_memories.shape[0]
+        joined = []
+        for o, n in zip(obs, next_obs):
+            o = o.reshape(sequences, seq, *o.shape[1:])
+            n = n.reshape(sequences, seq, *n.shape[1:])
+            joined.append(torch.cat([o[:, :1], n], dim=1).reshape(sequences * (seq + 1), *o.shape[2:]))
+        values = self.target_critic(joined, critic_memories, seq + 1)
+        return {name: v.reshape(sequences, seq + 1)[:, 1:].reshape(-1) for name, v in values.items()}
+
     # -- the update ----------------------------------------------------------------------------------
     def update(self, batch: AgentBuffer, num_sequences: int) -> Dict[str, float]:
         """One SAC gradient step on a sampled minibatch (rewards under rewards_key per signal)."""
@@ -153,21 +179,30 @@ class SACOptimizer(TorchOptimizer):
         disc_actions = self.to_torch(batch[DISCRETE_ACTION], torch.long)
         masks = self.to_torch(batch[ACTION_MASK], torch.bool) if self.branches else None
         dones = self.to_torch(batch[DONE])
+        seq = self.sequence_length
+        loss_mask = self.to_torch(batch[LOSS_MASK], torch.float32) if LOSS_MASK in batch else None
+        actor_memories = critic_memories = None
+        if self.recurrent:  # each sequence replays from the memories recorded at its first step
+            actor_memories = self.to_torch(batch[MEMORY][::seq])
+            critic_memories = self.to_torch(batch[CRITIC_MEMORY][::seq])
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return masked_mean(x, loss_mask)
 
         alpha_c = self.log_ent_coef_continuous.detach().exp()
         alpha_d = self.log_ent_coef_discrete.detach().exp()
-        pi = self.sample(obs, masks)
+        pi = self.sample(obs, masks, actor_memories, seq)
         disc_probs = [lp.exp() for lp in pi.discrete_log_probs]
 
         # Q1 of the policy's actions with Q1 frozen: this term trains the actor only. Q2 of them
         # only feeds the detached value backup.
         for p in self._q_parameters:
             p.requires_grad_(False)
-        q1_pi = self.q1(obs, pi.continuous)
+        q1_pi = self.q1(obs, pi.continuous, seq)
         for p in self._q_parameters:
             p.requires_grad_(True)
         with torch.no_grad():
-            q2_pi = self.q2(obs, pi.continuous)
+            q2_pi = self.q2(obs, pi.continuous, seq)
 
         cont_entropy_term = (alpha_c * pi.continuous_log_probs) if self.continuous_size else 0.0
         disc_entropy_terms = [alpha_d[b] * (p * lp).sum(dim=1) for b, (p, lp) in enumerate(zip(disc_probs, pi.discrete_log_probs))]
@@ -181,11 +216,11 @@ class SACOptimizer(TorchOptimizer):
 
         min_q_pi = {name: torch.min(q1_pi[name].detach(), q2_pi[name]) for name in self.reward_signals}
         mean_q1 = torch.stack(list(q1_pi.values())).mean(dim=0)
-        policy_loss = (cont_entropy_term + sum(disc_entropy_terms, torch.zeros_like(dones)) - expected_q(mean_q1)).mean()
+        policy_loss = mean(cont_entropy_term + sum(disc_entropy_terms, torch.zeros_like(dones)) - expected_q(mean_q1))
 
         # Value backup: min Q of the policy's action minus the entropy term (discrete: averaged over branches).
         with torch.no_grad():
-            target_values = self.target_critic(next_obs)
+            target_values = self.target_values(obs, next_obs, critic_memories)
             backups = {}
             for name in self.reward_signals:
                 q = min_q_pi[name]
@@ -198,27 +233,27 @@ class SACOptimizer(TorchOptimizer):
                 if self.continuous_size:
                     v = v - alpha_c * pi.continuous_log_probs
                 backups[name] = v
-        values = self.critic(obs)
-        q1_taken, q2_taken = self.q1(obs, cont_actions), self.q2(obs, cont_actions)
+        values = self.critic(obs, critic_memories, seq)
+        q1_taken, q2_taken = self.q1(obs, cont_actions, seq), self.q2(obs, cont_actions, seq)
         q1_losses, q2_losses, value_losses = [], [], []
         for name, provider in self.reward_signals.items():
             with torch.no_grad():
                 not_done = 1.0 - dones if provider.respects_done else torch.ones_like(dones)
                 q_backup = self.to_torch(batch[rewards_key(name)]) + not_done * provider.gamma * target_values[name]
-            q1_losses.append(0.5 * ((q_backup - self.q1.condense(q1_taken[name], disc_actions)) ** 2).mean())
-            q2_losses.append(0.5 * ((q_backup - self.q2.condense(q2_taken[name], disc_actions)) ** 2).mean())
-            value_losses.append(0.5 * ((values[name] - backups[name]) ** 2).mean())
+            q1_losses.append(0.5 * mean((q_backup - self.q1.condense(q1_taken[name], disc_actions)) ** 2))
+            q2_losses.append(0.5 * mean((q_backup - self.q2.condense(q2_taken[name], disc_actions)) ** 2))
+            value_losses.append(0.5 * mean((values[name] - backups[name]) ** 2))
         q1_loss, q2_loss = torch.stack(q1_losses).mean(), torch.stack(q2_losses).mean()
         value_loss = torch.stack(value_losses).mean()
 
         entropy_loss = torch.zeros((), device=self.device)
         if self.continuous_size:
             diff = (pi.continuous_log_probs + self.target_entropy_continuous).detach()
-            entropy_loss = entropy_loss - (self.log_ent_coef_continuous[0] * diff).mean()
+            entropy_loss = entropy_loss - mean(self.log_ent_coef_continuous[0] * diff)
         if self.branches:
             neg_entropy = torch.stack([(p * lp).sum(dim=1) for p, lp in zip(disc_probs, pi.discrete_log_probs)], dim=1)
             diff = (neg_entropy + self.target_entropy_discrete).detach()
-            entropy_loss = entropy_loss - (self.log_ent_coef_discrete * diff).mean(dim=1).mean()
+            entropy_loss = entropy_loss - mean((self.log_ent_coef_discrete * diff).mean(dim=1))
 
         loss = policy_loss + q1_loss + q2_loss + value_loss + entropy_loss
         for group in self.adam.param_groups:
