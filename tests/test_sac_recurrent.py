@@ -197,6 +197,20 @@ def test_owed_updates_sample_whole_sequences_and_train_every_network():
     assert opt.q1.memory is not None and opt.q1.memory.memory_size == MEMORY_SIZE
 
 
+def test_learned_reward_signals_train_on_sampled_sequences():
+    """Curiosity and RND score and train on sampled sequences (padding rows masked out of their losses)."""
+    spec = service_spec()
+    settings = recurrent_sac_settings(buffer_init_steps=0, batch_size=16)
+    settings["reward_signals"] = {"extrinsic": {}, "curiosity": {"strength": 0.1}, "rnd": {"strength": 0.1}}
+    trainer = SACTrainer(spec, resolve_settings(settings), seed=0)
+    for i in range(3):
+        trainer.process_trajectory(trajectory(spec, 6, seed=i, done=True, agent=f"agent{i}"))
+    stats = trainer.update_policy()
+    for key in ("Losses/Curiosity Forward Loss", "Losses/RND Loss", "Losses/Q1 Loss", "Policy/Curiosity Reward"):
+        assert key in stats and np.isfinite(stats[key]), (key, stats)
+    assert trainer.reward_updates_done == 18
+
+
 def test_recurrent_replay_buffer_round_trips_through_checkpoint_tensors():
     spec = service_spec()
     settings = resolve_settings(recurrent_sac_settings(save_replay_buffer=True))
