@@ -115,6 +115,38 @@ def test_gail_never_samples_sequence_padding_and_rejects_an_empty_demonstration(
         _gail(AgentBuffer(), SPEC)
 
 
+def test_gail_updates_leave_sequence_padding_out_entirely():
+    """A recurrent trainer's minibatch carries padding rows: GAIL's step (losses, gradient penalty
+    and the size of the expert sample) is the same whatever the padding holds, and the same as on the
+    real rows alone."""
+    from ludus_service.sequences import LOSS_MASK
+
+    rng = np.random.default_rng(0)
+    expert = _rows(rng.normal(2.0, 0.5, (64, 2)), rng.uniform(-1, 1, (64, 1)), rng.integers(0, 2, (64, 1)))
+    real = _rows(rng.normal(-2.0, 0.5, (12, 2)), rng.normal(0, 1, (12, 1)), rng.integers(0, 2, (12, 1)))
+    mask = np.array([True] * 6 + [False] * 2 + [True] * 6 + [False] * 2)
+
+    def padded(fill: float) -> AgentBuffer:
+        fields = {}
+        for key, value in real.as_dict().items():
+            rows = np.full((16, *value.shape[1:]), fill, dtype=value.dtype)
+            rows[mask] = value
+            fields[key] = rows
+        fields[LOSS_MASK] = mask
+        return AgentBuffer(fields)
+
+    def weights_after(batch: AgentBuffer) -> list:
+        gail = _gail(expert, SPEC, use_vail=True)
+        torch.manual_seed(1)
+        gail.update(batch)
+        return [p.detach().clone() for p in gail.parameters()]
+
+    reference = weights_after(real)
+    for fill in (0.0, 7.0):
+        for a, b in zip(reference, weights_after(padded(fill))):
+            torch.testing.assert_close(a, b)
+
+
 # -- behavioural cloning ---------------------------------------------------------------------------
 
 def _actor(spec: BehaviorSpec, memory=None) -> Actor:
@@ -153,6 +185,29 @@ def test_cloning_matches_continuous_expert_actions_in_the_environments_range():
     hidden, _ = actor.trunk([torch.as_tensor(obs)], None, 1)
     env_actions = (actor.mu(hidden).clamp(-3, 3) / 3).detach().numpy()
     assert np.abs(env_actions - target).mean() < 0.05
+
+
+def test_cloning_a_tanh_squashed_actor_compares_its_mean_action_tanh_mu():
+    """SAC's actor acts tanh(u): the cloning loss is the MSE between tanh(mu) and the expert's action,
+    and cloning drives tanh(mu) (not mu / 3) onto the expert's actions."""
+    spec = BehaviorSpec.vector(2, continuous_size=2)
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (512, 2)).astype(np.float32)
+    target = np.stack([0.9 * obs[:, 0], -0.6 * obs[:, 1]], axis=1).astype(np.float32)
+    expert = AgentBuffer({obs_key(0): obs, CONTINUOUS_ACTION: target, DISCRETE_ACTION: np.zeros((512, 0), np.int64)})
+    torch.manual_seed(0)
+    actor = Actor(spec, NetworkSettings(hidden_units=32, num_layers=1), ObservationEncoder(spec, False),
+                  conditional_sigma=True, tanh_squash=True)
+    bc = BehavioralCloning(actor, BehavioralCloningSettings(demo_path="x.demo"), 3e-3, 128, 3, expert, seed=0)
+    with torch.no_grad():
+        hidden, _ = actor.trunk([torch.as_tensor(obs)], None, 1)
+        by_hand = ((torch.tanh(actor.mu(hidden)) - torch.as_tensor(target)) ** 2).mean()
+        torch.testing.assert_close(bc.loss(expert, 512), by_hand)
+    for _ in range(40):
+        bc.update(0)
+    hidden, _ = actor.trunk([torch.as_tensor(obs)], None, 1)
+    mean_actions = torch.tanh(actor.mu(hidden)).detach().numpy()
+    assert np.abs(mean_actions - target).mean() < 0.05
 
 
 def test_cloning_strength_decays_over_its_steps_then_stops():

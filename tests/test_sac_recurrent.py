@@ -187,8 +187,26 @@ def test_owed_updates_sample_whole_sequences_and_train_every_network():
     for i in range(4):
         trainer.process_trajectory(trajectory(spec, 7, seed=i, done=i % 2 == 1))
     assert trainer.ready_to_update()
+    stored = trainer.replay.ordered()  # 4 trajectories of 7 steps: 8 rows each, nothing wrapped yet
+    stored_sequences = {stored[obs_key(0)][k:k + SEQUENCE_LENGTH].tobytes(): k for k in range(0, 32, SEQUENCE_LENGTH)}
+    seen = []
+    real_update = opt.update
+
+    def spy(batch, num_sequences):
+        seen.append((batch, num_sequences))
+        return real_update(batch, num_sequences)
+
+    opt.update = spy
     stats = trainer.update_policy()
     assert trainer.updates_done == 28 and trainer.owed_updates() == 0
+    assert len(seen) == 28
+    for batch, num_sequences in seen:  # every minibatch: 4 whole stored sequences with their own memories
+        assert num_sequences == 4 and len(batch) == 16
+        for k in range(0, 16, SEQUENCE_LENGTH):
+            start = stored_sequences[batch[obs_key(0)][k:k + SEQUENCE_LENGTH].tobytes()]
+            np.testing.assert_array_equal(batch[MEMORY][k], stored[MEMORY][start])
+            np.testing.assert_array_equal(batch[CRITIC_MEMORY][k], stored[CRITIC_MEMORY][start])
+            np.testing.assert_array_equal(batch[LOSS_MASK][k:k + SEQUENCE_LENGTH], stored[LOSS_MASK][start:start + SEQUENCE_LENGTH])
     for key in ("Losses/Policy Loss", "Losses/Q1 Loss", "Losses/Q2 Loss", "Losses/Value Loss"):
         assert np.isfinite(stats[key]), (key, stats)
     for name, module in opt.modules().items():  # the LSTMs too, including the Q networks'
@@ -209,6 +227,23 @@ def test_learned_reward_signals_train_on_sampled_sequences():
     for key in ("Losses/Curiosity Forward Loss", "Losses/RND Loss", "Losses/Q1 Loss", "Policy/Curiosity Reward"):
         assert key in stats and np.isfinite(stats[key]), (key, stats)
     assert trainer.reward_updates_done == 18
+    # Their steps ignore whatever the padding rows hold.
+    batch = AgentBuffer(trainer.replay.ordered())
+    assert not batch[LOSS_MASK].all()
+    garbage = copy.deepcopy(batch)
+    pad = ~garbage[LOSS_MASK]
+    rng = np.random.default_rng(5)
+    for key in (obs_key(0), "next_obs_0", "continuous_action"):
+        garbage[key][pad] = rng.normal(scale=5.0, size=garbage[key][pad].shape)
+
+    def weights_after(minibatch: AgentBuffer) -> list:
+        state = copy.deepcopy(trainer)
+        torch.manual_seed(2)
+        state.optimizer.update_reward_signals(minibatch)
+        return [p.detach().clone() for m in state.learned_signal_modules().values() for p in m.parameters()]
+
+    for a, b in zip(weights_after(batch), weights_after(garbage)):
+        torch.testing.assert_close(a, b)
 
 
 def test_recurrent_replay_buffer_round_trips_through_checkpoint_tensors():
@@ -238,8 +273,9 @@ def _sequence_batch(n: int, rng: np.random.Generator, memories: bool = True, **e
         observations=[to_tensor(rng.normal(size=(n, 3)).astype(np.float32))],
         next_observations=[to_tensor(rng.normal(size=(n, 3)).astype(np.float32))],
         continuous_actions=to_tensor(np.tanh(rng.normal(size=(n, 1))).astype(np.float32)),
-        rewards=to_tensor(rng.normal(size=n).astype(np.float32)),
-        dones=to_tensor(np.zeros(n, bool)), **extra)
+        rewards=to_tensor(rng.normal(size=n).astype(np.float32)), **extra)
+    if "dones" not in extra:
+        batch.dones.CopyFrom(to_tensor(np.zeros(n, bool)))
     if memories:
         batch.memories.CopyFrom(to_tensor(rng.normal(size=(n, MEMORY_SIZE)).astype(np.float32)))
         batch.critic_memories.CopyFrom(to_tensor(rng.normal(size=(n, MEMORY_SIZE)).astype(np.float32)))
@@ -252,13 +288,18 @@ def test_update_rpc_takes_sequences_with_memories_and_estimate_values_returns_cr
     rng = np.random.default_rng(0)
     mask = np.ones(8, bool)
     mask[-2:] = False
-    stats, version = client.update("RecurrentSAC", _sequence_batch(8, rng, loss_masks=to_tensor(mask)), 2)
+    dones = np.zeros(8, bool)
+    dones[5] = True  # the last real row of the second sequence
+    stats, version = client.update("RecurrentSAC", _sequence_batch(8, rng, loss_masks=to_tensor(mask), dones=to_tensor(dones)), 2)
     assert version == registration.policy_version + 1 and np.isfinite(stats["Losses/Q1 Loss"])
     for batch, num_sequences, field in (
             (_sequence_batch(8, rng, memories=False), 2, "batch.memories"),
             (_sequence_batch(8, rng), 4, "num_sequences"),
             (_sequence_batch(6, rng), 1, "batch"),  # not whole sequences of 4
-            (_sequence_batch(8, rng, loss_masks=to_tensor(np.zeros(8, bool))), 2, "batch.loss_masks")):
+            (_sequence_batch(8, rng, loss_masks=to_tensor(np.zeros(8, bool))), 2, "batch.loss_masks"),
+            # padding in the middle of a sequence, and a sequence that runs on past an episode's end
+            (_sequence_batch(8, rng, loss_masks=to_tensor(np.array([1, 0, 1, 1, 1, 1, 1, 1], bool))), 2, "batch.loss_masks"),
+            (_sequence_batch(8, rng, dones=to_tensor(np.array([0, 0, 0, 0, 0, 1, 0, 0], bool))), 2, "batch.dones")):
         with pytest.raises(LudusError) as err:
             client.update("RecurrentSAC", batch, num_sequences)
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details, err.value

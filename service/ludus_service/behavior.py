@@ -31,7 +31,7 @@ from ludus_service.settings import TrainerSettings, resolve_settings, settings_t
 from ludus_service.spec import ActionSpec, BehaviorSpec, ObservationSpec
 from ludus_service.sac_trainer import SACTrainer
 from ludus_service.trainer import PPOTrainer
-from ludus_service.validation import BatchData, TrajectoryData
+from ludus_service.validation import BatchData, TrajectoryData, check_sequence_layout
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ class Behavior:
         expected = batch.length // seq
         if num_sequences != expected:
             raise InvalidArgument("num_sequences", f"must equal the batch's {batch.length} steps / sequence_length {seq} = {expected}, got {num_sequences}")
+        check_sequence_layout(batch, seq)
         with self._lock:
             stats = self.trainer.update_from_batch(batch, num_sequences)
             self._publish()

@@ -132,6 +132,11 @@ class GAILRewardProvider(LearnedRewardProvider):
         return ((norm - 1.0) ** 2).mean()
 
     def update(self, minibatch: AgentBuffer) -> Dict[str, float]:
+        if LOSS_MASK in minibatch:
+            # The discriminator sees single steps, so sequence padding can simply be left out: then it
+            # sizes the expert sample and enters the gradient penalty's interpolation no more than a loss.
+            real = minibatch[LOSS_MASK]
+            minibatch = AgentBuffer({k: v[real] for k, v in minibatch.as_dict().items() if k != LOSS_MASK})
         weights = _weights(minibatch, self.device)
         expert = self.sample_expert(len(minibatch))
         policy_in, expert_in = self._inputs(minibatch, expert=False), self._inputs(expert, expert=True)

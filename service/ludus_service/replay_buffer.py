@@ -32,7 +32,8 @@ class ReplayBuffer:
         if sequence_length < 1:
             raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
         self.sequence_length = sequence_length
-        # Whole sequences only: rounded up, so buffer_size steps of real experience always fit.
+        # Whole sequences only (rounded up). Padding occupies rows too, as in ML-Agents: trajectory
+        # pieces much shorter than sequence_length leave less real experience in the ring.
         self.capacity = -(-capacity // sequence_length) * sequence_length
         self._arrays: Dict[str, np.ndarray] = {}
         self._next = 0  # row the next step is written to

@@ -7,7 +7,7 @@ the behaviour untouched. Errors are InvalidArgument with the dotted field path, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -284,6 +284,33 @@ def parse_batch(msg: pb.TrainingBatch, spec: BehaviorSpec, signals: Sequence[str
         per_signal[key] = {s: _float(given[s], f"{prefix}.{key}[{s}]", (n,)) for s in signals}
     return BatchData(**vars(steps), advantages=advantages, returns=per_signal["returns"], value_estimates=per_signal["value_estimates"],
                      critic_memories=critic_memories, loss_masks=loss_masks)
+
+
+def check_sequence_layout(batch: Union[BatchData, TransitionBatch], sequence_length: int, prefix: str = "batch") -> None:
+    """A recurrent Update's rows are whole sequences that each replay one episode piece from its
+    first memory: padding (loss_masks false) only at a sequence's end, and (SAC) a terminal step
+    only as a sequence's last real row, since nothing may follow an episode's end in one sequence."""
+    if sequence_length <= 1:
+        return
+    masks = batch.loss_masks
+    if masks is not None:
+        grid = masks.reshape(-1, sequence_length)
+        late = np.argwhere(grid[:, 1:] & ~grid[:, :-1])
+        if late.size:
+            s, t = (int(v) for v in late[0])
+            raise InvalidArgument(f"{prefix}.loss_masks", f"sequence {s} has a real row (row {s * sequence_length + t + 1}) "
+                                  "after padding; padding goes at the end of a sequence")
+    dones = getattr(batch, "dones", None)
+    if dones is not None and dones.any():
+        real = masks if masks is not None else np.ones_like(dones)
+        grid_done, grid_real = dones.reshape(-1, sequence_length), real.reshape(-1, sequence_length)
+        # a real row after a real terminal step of the same sequence
+        after_done = np.logical_or.accumulate(grid_done & grid_real, axis=1)[:, :-1] & grid_real[:, 1:]
+        bad = np.argwhere(after_done)
+        if bad.size:
+            s, t = (int(v) for v in bad[0])
+            raise InvalidArgument(f"{prefix}.dones", f"sequence {s} continues after the terminal step at or before row "
+                                  f"{s * sequence_length + t}; an episode's end must be its sequence's last real row (pad the rest)")
 
 
 def parse_value_query_inputs(msg: pb.EstimateValuesRequest, spec: BehaviorSpec, n: int):

@@ -22,8 +22,9 @@ one backward pass and one Adam over all parameters give the same step as ML-Agen
 Recurrent behaviours train on sampled whole sequences (rows sequence after sequence). The actor
 replays each from the policy memory the client recorded at its first step, the value critic from
 the critic memory of that step, the Q networks from zeros; every mean skips padding (LOSS_MASK). The
-target critic runs over [s_0, s'_0, ..., s'_{L-1}] from the critic memory, so V_target(s'_t) has seen
-exactly the steps before s'_t (ML-Agents approximates this with the memory of the second step).
+target critic runs over [s_0, s'_0, ..., s'_{L-1}] from the (online) critic's stored memory, so
+V_target(s'_t) is computed after the steps before s'_t in the sequence; ML-Agents instead starts it
+at s'_0 from the stored memory of the second step.
 """
 from __future__ import annotations
 
