@@ -2,14 +2,18 @@
 reward values, statistics and checkpoints."""
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import pytest
+import torch
 
 from ludus_client import BehaviorSpec, TrajectoryBuilder
 from ludus_client.policy import LocalPolicy
 from ludus_service.buffer import AgentBuffer
+from ludus_service.checkpoint import load_checkpoint, save_checkpoint
 from ludus_service.errors import InvalidArgument
 from ludus_service.buffer import next_obs_key
 from ludus_service.settings import resolve_settings
@@ -126,11 +130,21 @@ def test_reward_networks_travel_with_checkpoints():
         trainer.process_trajectory(_trajectory(trainer, rng, rng.standard_normal((32, 4)).astype(np.float32), agent=str(trainer.buffered_steps)))
     trainer.update_policy()
     restored = _trainer({"curiosity": {}, "rnd": {}})
-    restored.load_state(trainer.state_tensors(), trainer.state_metadata())
+    with tempfile.TemporaryDirectory() as directory:  # through a real safetensors file and its JSON metadata
+        path = save_checkpoint(Path(directory), trainer.step, trainer.state_tensors(), {"trainer": trainer.state_metadata()}, keep=1)
+        tensors, metadata = load_checkpoint(path)
+    restored.load_state(tensors, metadata["trainer"])
     traj = _trajectory(trainer, rng, rng.standard_normal((16, 4)).astype(np.float32))
     for name in ("curiosity", "rnd"):
         np.testing.assert_allclose(restored.optimizer.reward_signals[name].evaluate(_buffer(trainer, traj)),
                                    trainer.optimizer.reward_signals[name].evaluate(_buffer(trainer, traj)), rtol=1e-6)
+        # Their Adam moments too, so a resumed run takes the same steps as an uninterrupted one.
+        saved, loaded = trainer.optimizer.reward_signals[name].adam.state_dict(), restored.optimizer.reward_signals[name].adam.state_dict()
+        assert saved["state"] and saved["state"].keys() == loaded["state"].keys()
+        for index, moments in saved["state"].items():
+            for key, value in moments.items():
+                torch.testing.assert_close(loaded["state"][index][key], value)
+        assert loaded["param_groups"][0]["lr"] == saved["param_groups"][0]["lr"]
 
 
 @pytest.mark.parametrize("signals,key", [

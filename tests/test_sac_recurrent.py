@@ -336,3 +336,26 @@ def test_recurrent_sac_learns_to_recall_a_cue(server):
           f"({result.seconds:.1f}s, {server.registry.get('CueRecall-sac').trainer.updates_done} updates)")
     assert policy.recurrent and policy.memory_size == 32
     assert greedy.success_rate >= 0.95, greedy
+
+
+def test_behavioral_cloning_with_recurrent_sac_resumes_with_its_adam():
+    """BC runs after each burst under (recurrent) SAC, and its optimizer travels with the checkpoint."""
+    spec = service_spec()
+    rng = np.random.default_rng(0)
+    expert = AgentBuffer({obs_key(0): rng.normal(size=(40, 3)).astype(np.float32),
+                          "continuous_action": np.tanh(rng.normal(size=(40, 1))).astype(np.float32),
+                          "discrete_action": rng.integers(0, 2, (40, 1)), "action_mask": np.ones((40, 2), bool)})
+    settings = {**recurrent_sac_settings(buffer_init_steps=0, batch_size=16),
+                "behavioral_cloning": {"demo_path": "expert.demo", "batch_size": 8}}
+    trainer = SACTrainer(spec, resolve_settings(settings), seed=0, demonstrations={"expert.demo": expert})
+    for i in range(3):
+        trainer.process_trajectory(trajectory(spec, 8, seed=i, done=True, agent=f"agent{i}"))
+    stats = trainer.update_policy()
+    assert stats["Losses/Pretraining Loss"] > 0
+    restored = SACTrainer(spec, resolve_settings(settings), seed=0, demonstrations={"expert.demo": expert})
+    restored.load_state(trainer.state_tensors(), trainer.state_metadata())
+    saved, loaded = trainer.behavioral_cloning.adam.state_dict()["state"], restored.behavioral_cloning.adam.state_dict()["state"]
+    assert saved and saved.keys() == loaded.keys()
+    for index, moments in saved.items():
+        for key, value in moments.items():
+            torch.testing.assert_close(loaded[index][key], value)

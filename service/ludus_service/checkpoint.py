@@ -116,17 +116,36 @@ def module_state(tensors: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, 
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def adam_tensors(adam: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
-    """Adam's moments and step counts as `adam.<param index>.<name>` tensors (param_groups, plain
-    numbers, go into the metadata)."""
-    return {f"adam.{index}.{key}": value if torch.is_tensor(value) else torch.tensor(value)
+def adam_tensors(adam: torch.optim.Optimizer, prefix: str = "adam") -> Dict[str, torch.Tensor]:
+    """Adam's moments and step counts as `<prefix>.<param index>.<name>` tensors (param_groups,
+    plain numbers, go into the metadata)."""
+    return {f"{prefix}.{index}.{key}": value if torch.is_tensor(value) else torch.tensor(value)
             for index, state in adam.state_dict()["state"].items() for key, value in state.items()}
 
 
-def restore_adam(adam: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], param_groups: list) -> None:
+def restore_adam(adam: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], param_groups: list,
+                 prefix: str = "adam") -> None:
     state: Dict[int, Dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
+        if key.startswith(prefix + "."):
+            index, name = key[len(prefix) + 1:].split(".", 1)
             state.setdefault(int(index), {})[name] = value
     adam.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def auxiliary_adam_tensors(adams: Mapping[str, torch.optim.Optimizer]) -> Tuple[Dict[str, torch.Tensor], Dict[str, list]]:
+    """The Adams of learned reward signals and behavioural cloning, by checkpoint prefix: their
+    tensors and (for the metadata) their param_groups."""
+    tensors: Dict[str, torch.Tensor] = {}
+    for prefix, adam in adams.items():
+        tensors.update(adam_tensors(adam, prefix))
+    return tensors, {prefix: adam.state_dict()["param_groups"] for prefix, adam in adams.items()}
+
+
+def restore_auxiliary_adams(adams: Mapping[str, torch.optim.Optimizer], tensors: Mapping[str, torch.Tensor],
+                            param_groups: Mapping[str, list]) -> None:
+    """Restore what auxiliary_adam_tensors saved; an Adam the checkpoint lacks (written before these
+    were saved, or a signal added since) starts afresh."""
+    for prefix, adam in adams.items():
+        if prefix in param_groups:
+            restore_adam(adam, tensors, param_groups[prefix], prefix)

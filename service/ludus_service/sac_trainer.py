@@ -33,7 +33,7 @@ from ludus_service.behavioral_cloning import BehavioralCloning
 from ludus_service.buffer import (
     ACTION_MASK, CONTINUOUS_ACTION, CRITIC_MEMORY, DISCRETE_ACTION, DONE, MEMORY, AgentBuffer, next_obs_key, obs_key,
 )
-from ludus_service.checkpoint import adam_tensors, module_state, module_tensors, restore_adam
+from ludus_service.checkpoint import adam_tensors, auxiliary_adam_tensors, module_state, module_tensors, restore_adam
 from ludus_service.optimizer.ppo import NonFiniteUpdate
 from ludus_service.optimizer.sac import SACOptimizer, rewards_key
 from ludus_service.replay_buffer import ReplayBuffer
@@ -199,6 +199,8 @@ class SACTrainer:
         return stats
 
     learned_signal_modules = PPOTrainer.learned_signal_modules
+    auxiliary_adams = PPOTrainer.auxiliary_adams
+    restore_auxiliary_adams = PPOTrainer.restore_auxiliary_adams
     load_reward_networks = PPOTrainer.load_reward_networks
 
     def update_from_batch(self, batch: TransitionBatch, num_sequences: int) -> Dict[str, float]:
@@ -235,6 +237,7 @@ class SACTrainer:
         tensors["log_ent_coef.continuous"] = opt.log_ent_coef_continuous.detach()
         tensors["log_ent_coef.discrete"] = opt.log_ent_coef_discrete.detach()
         tensors.update(adam_tensors(opt.adam))
+        tensors.update(auxiliary_adam_tensors(self.auxiliary_adams())[0])
         if self.settings.hyperparameters.save_replay_buffer:
             tensors.update(self.replay.state_tensors())
         return tensors
@@ -246,6 +249,7 @@ class SACTrainer:
             "latest_stats": self.latest_stats,
             "rng": self.rng.bit_generator.state,
             "adam_param_groups": self.optimizer.adam.state_dict()["param_groups"],
+            "auxiliary_adam_param_groups": auxiliary_adam_tensors(self.auxiliary_adams())[1],
             "updates_done": self.updates_done,
             "reward_updates_done": self.reward_updates_done,
         }
@@ -268,6 +272,7 @@ class SACTrainer:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
         self.load_weights(tensors)
         restore_adam(self.optimizer.adam, tensors, metadata["adam_param_groups"])
+        self.restore_auxiliary_adams(tensors, metadata)
         self.replay.load_state_tensors(tensors)
         self.optimizer.global_step = int(metadata["global_step"])
         self.policy_version = int(metadata["policy_version"])

@@ -19,7 +19,9 @@ from ludus_service.buffer import (
     ACTION_MASK, ADVANTAGES, CONTINUOUS_ACTION, CONTINUOUS_LOG_PROBS, CRITIC_MEMORY, DISCRETE_ACTION, DISCRETE_LOG_PROBS,
     DONE, MEMORY, AgentBuffer, next_obs_key, obs_key, returns_key, value_estimates_key,
 )
-from ludus_service.checkpoint import adam_tensors, module_state, module_tensors, restore_adam
+from ludus_service.checkpoint import (
+    adam_tensors, auxiliary_adam_tensors, module_state, module_tensors, restore_adam, restore_auxiliary_adams,
+)
 from ludus_service.gae import gae
 from ludus_service.optimizer.ppo import NonFiniteUpdate, PPOOptimizer
 from ludus_service.learned_rewards import LearnedRewardProvider
@@ -189,6 +191,7 @@ class PPOTrainer:
         opt = self.optimizer
         tensors = module_tensors({"actor": opt.actor, "critic": opt.critic, **self.learned_signal_modules()})
         tensors.update(adam_tensors(opt.adam))
+        tensors.update(auxiliary_adam_tensors(self.auxiliary_adams())[0])
         for key, value in self.update_buffer.as_dict().items():
             tensors[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
         return tensors
@@ -197,8 +200,20 @@ class PPOTrainer:
         """Learned reward signals by checkpoint prefix `reward.<name>`."""
         return {f"reward.{n}": p for n, p in self.optimizer.reward_signals.items() if isinstance(p, LearnedRewardProvider)}
 
+    def auxiliary_adams(self) -> Dict[str, torch.optim.Optimizer]:
+        """The optimizers outside the trainer's own Adam, by checkpoint prefix: each learned reward
+        signal's (`reward_adam.<name>`) and behavioural cloning's (`bc_adam`)."""
+        adams = {f"reward_adam.{n}": p.adam for n, p in self.optimizer.reward_signals.items() if isinstance(p, LearnedRewardProvider)}
+        if self.behavioral_cloning is not None:
+            adams["bc_adam"] = self.behavioral_cloning.adam
+        return adams
+
+    def restore_auxiliary_adams(self, tensors: Dict[str, torch.Tensor], metadata: Dict[str, object]) -> None:
+        restore_auxiliary_adams(self.auxiliary_adams(), tensors, dict(metadata.get("auxiliary_adam_param_groups", {})))
+
     def load_reward_networks(self, tensors: Dict[str, torch.Tensor]) -> None:
-        """Learned reward signals' networks, where the checkpoint has them (their Adam moments restart)."""
+        """Learned reward signals' networks, where the checkpoint has them (their Adam moments are
+        restored by restore_auxiliary_adams on --resume)."""
         for prefix, provider in self.learned_signal_modules().items():
             state = module_state(tensors, prefix)
             if state:
@@ -211,6 +226,7 @@ class PPOTrainer:
             "latest_stats": self.latest_stats,
             "rng": self.rng.bit_generator.state,
             "adam_param_groups": self.optimizer.adam.state_dict()["param_groups"],
+            "auxiliary_adam_param_groups": auxiliary_adam_tensors(self.auxiliary_adams())[1],
         }
 
     def load_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
@@ -224,6 +240,7 @@ class PPOTrainer:
         """Restore a checkpoint written by state_tensors/state_metadata (--resume)."""
         self.load_weights(tensors)
         restore_adam(self.optimizer.adam, tensors, metadata["adam_param_groups"])
+        self.restore_auxiliary_adams(tensors, metadata)
         buffer = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
         self.update_buffer = AgentBuffer(buffer) if buffer else AgentBuffer()
         self.optimizer.global_step = int(metadata["global_step"])
