@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ludus_client import BehaviorSpec, TrajectoryBuilder
+import grpc
+
+from ludus_client import BehaviorSpec, LudusError, TrajectoryBuilder
 from ludus_client.policy import LocalPolicy
 from ludus_service.buffer import AgentBuffer
 from ludus_service.checkpoint import load_checkpoint, save_checkpoint
@@ -156,3 +158,61 @@ def test_bad_reward_signal_settings_name_the_key(signals, key):
     with pytest.raises(InvalidArgument) as err:
         resolve_settings({"reward_signals": signals})
     assert err.value.field == key
+
+
+# -- images: curiosity and RND encode them with encoders of their own (ML-Agents' reward networks) --
+
+def _visual_spec():
+    from ludus_service.spec import ActionSpec, ObservationSpec
+    from ludus_service.spec import BehaviorSpec as ServiceSpec
+    from ludus.v1 import trainer_pb2 as pb
+
+    return ServiceSpec((ObservationSpec("camera", (3, 24, 24), pb.OBSERVATION_KIND_VISUAL), ObservationSpec("speed", (2,))),
+                       ActionSpec(0, (4,)))
+
+
+def _visual_rows(rng: np.random.Generator, images: np.ndarray) -> AgentBuffer:
+    n = len(images)
+    return AgentBuffer({"obs_0": images, "obs_1": rng.standard_normal((n, 2)).astype(np.float32),
+                        next_obs_key(0): images[::-1].copy(), next_obs_key(1): rng.standard_normal((n, 2)).astype(np.float32),
+                        "continuous_action": np.zeros((n, 0), np.float32), "discrete_action": rng.integers(0, 4, (n, 1))})
+
+
+@pytest.mark.parametrize("name", ["curiosity", "rnd"])
+def test_learned_signals_encode_images_with_a_conv_encoder_not_an_mlp_on_pixels(name):
+    from ludus_service.reward_signals import create_reward_provider
+    from ludus_service.settings import RewardSignalSettings
+
+    spec = _visual_spec()
+    provider = create_reward_provider(name, RewardSignalSettings(learning_rate=1e-3), spec, "cpu", vis_encode_type="simple")
+    linears = [m for m in provider.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(isinstance(m, torch.nn.Conv2d) for m in provider.modules())
+    assert max(m.in_features for m in linears) < 3 * 24 * 24  # no dense layer on raw pixels
+    rng = np.random.default_rng(0)
+    familiar = np.tile(rng.random((1, 3, 24, 24), dtype=np.float32), (64, 1, 1, 1))
+    batch = _visual_rows(rng, familiar)
+    frozen = [p.detach().clone() for p in provider.target_observations.parameters()] if name == "rnd" else []
+    first = provider.update(batch)
+    for _ in range(60):
+        last = provider.update(batch)
+    loss_key = "Losses/RND Loss" if name == "rnd" else "Losses/Curiosity Forward Loss"
+    assert np.isfinite(last[loss_key]) and last[loss_key] < first[loss_key], (first, last)
+    if name == "rnd":  # the fixed target (its image encoder included) never moves; the familiar image stops paying
+        assert all(torch.equal(a, b) for a, b in zip(frozen, provider.target_observations.parameters()))
+        novel = _visual_rows(rng, rng.random((64, 3, 24, 24), dtype=np.float32))
+        assert provider.evaluate(novel).mean() > 2 * provider.evaluate(batch).mean()
+
+
+def test_a_signal_image_encoder_too_large_for_the_images_is_refused_at_registration(client):
+    from ludus.v1 import trainer_pb2 as pb
+    from ludus_client import ActionSpec, ObservationSpec
+
+    spec = BehaviorSpec((ObservationSpec("camera", (3, 24, 24), pb.OBSERVATION_KIND_VISUAL), ObservationSpec("speed", (2,))),
+                        ActionSpec(0, (2,)))
+    settings = {"reward_signals": {"extrinsic": {}, "rnd": {"network_settings": {"vis_encode_type": "nature_cnn"}}}}
+    with pytest.raises(LudusError) as err:
+        client.register("TinyCamera", spec, settings)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reward_signals.rnd.network_settings.vis_encode_type" in err.value.details and "36" in err.value.details
+    settings["reward_signals"]["rnd"]["network_settings"]["vis_encode_type"] = "simple"
+    client.register("TinyCamera", spec, settings)

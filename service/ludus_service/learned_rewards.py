@@ -1,8 +1,9 @@
 """Learned intrinsic rewards: curiosity (ICM) and random network distillation (RND).
 
 Both reward novelty, so both ignore `done` when bootstrapping (an episode end is not the end of
-novelty). Their networks see the flattened observations through a small MLP encoder, train on every
-PPO minibatch with their own Adam, and score a trajectory with the networks they have when the
+novelty). Their networks see the observations as ML-Agents' reward networks do (SignalObservations:
+vector observations flattened, each image and entity set through an encoder of its own), train on
+every minibatch with their own Adam, and score a trajectory with the networks they have when the
 trajectory is processed (ML-Agents' order). Rewards come out multiplied by `strength`.
 
 - Curiosity: an encoder phi; an inverse model (phi(s), phi(s')) -> action (MSE for continuous actions,
@@ -22,9 +23,10 @@ import torch
 from torch import nn
 
 from ludus_service.buffer import CONTINUOUS_ACTION, DISCRETE_ACTION, AgentBuffer, next_obs_key, obs_key
+from ludus_service.networks import ObservationEncoder, ObservationFeatures
 from ludus_service.reward_signals import RewardProvider
 from ludus_service.sequences import LOSS_MASK, masked_mean
-from ludus_service.settings import RewardSignalSettings
+from ludus_service.settings import NetworkSettings, RewardSignalSettings
 from ludus_service.spec import BehaviorSpec
 
 DEFAULT_ENCODING = 64
@@ -41,6 +43,27 @@ def _mlp(in_size: int, hidden: int, out_size: int, layers: int = 2) -> nn.Sequen
     return nn.Sequential(*modules)
 
 
+class SignalObservations(nn.Module):
+    """The observations as one reward network sees them: vector observations flattened (raw, not
+    normalised) and each image / entity set through an encoder of its own (`vis_encode_type`, output
+    `hidden_units`), as ML-Agents' curiosity and RND networks do with their NetworkBody. An MLP on raw
+    pixels instead (84x84x3 = 21,168 inputs) would be slow and learn poorly. With vector observations
+    only this is the plain concatenation and has no weights."""
+
+    def __init__(self, spec: BehaviorSpec, vis_encode_type: str, hidden_units: int, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self.count = len(spec.observations)
+        self.flatten = ObservationEncoder(spec, normalize=False)  # no weights: it only concatenates
+        settings = NetworkSettings(hidden_units=hidden_units, vis_encode_type=vis_encode_type)
+        self.features = ObservationFeatures(spec, settings, self.flatten)
+        self.output_size = self.features.output_size
+
+    def forward(self, buffer: AgentBuffer, key=obs_key) -> torch.Tensor:
+        obs = [torch.as_tensor(buffer[key(i)], dtype=torch.float32, device=self.device) for i in range(self.count)]
+        return self.features(obs, self.flatten(obs))
+
+
 def _weights(batch: AgentBuffer, device: torch.device) -> Optional[torch.Tensor]:
     """1 for real steps, 0 for recurrent padding (None: every row counts)."""
     return torch.as_tensor(batch[LOSS_MASK], dtype=torch.float32, device=device) if LOSS_MASK in batch else None
@@ -50,7 +73,8 @@ class LearnedRewardProvider(RewardProvider, nn.Module):
     respects_done = False
     needs_next_observations = False
 
-    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device,
+                 vis_encode_type: str = "simple") -> None:
         RewardProvider.__init__(self, name, settings)
         nn.Module.__init__(self)
         self.spec = spec
@@ -60,6 +84,10 @@ class LearnedRewardProvider(RewardProvider, nn.Module):
         self.encoding_size = settings.encoding_size or hidden or DEFAULT_ENCODING
         self.hidden_size = hidden or max(self.encoding_size, DEFAULT_ENCODING)
         self.learning_rate = settings.learning_rate or DEFAULT_LEARNING_RATES[name]
+        self.vis_encode_type = vis_encode_type
+
+    def _observations(self) -> SignalObservations:
+        return SignalObservations(self.spec, self.vis_encode_type, self.hidden_size, self.device)
 
     def _flat(self, buffer: AgentBuffer, key=obs_key) -> torch.Tensor:
         parts = [torch.as_tensor(buffer[key(i)], dtype=torch.float32, device=self.device).reshape(len(buffer), -1)
@@ -80,12 +108,14 @@ class CuriosityRewardProvider(LearnedRewardProvider):
     needs_next_observations = True
     reads_actions = True
 
-    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
-        super().__init__(name, settings, spec, device)
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device,
+                 vis_encode_type: str = "simple") -> None:
+        super().__init__(name, settings, spec, device, vis_encode_type)
         actions = spec.actions
         self.continuous_size, self.branches = actions.continuous_size, list(actions.discrete_branches)
         action_size = self.continuous_size + sum(self.branches)
-        self.encoder = _mlp(self.input_size, self.hidden_size, self.encoding_size)
+        self.observations = self._observations()  # phi = encoder(observations(s))
+        self.encoder = _mlp(self.observations.output_size, self.hidden_size, self.encoding_size)
         self.inverse = _mlp(2 * self.encoding_size, self.hidden_size, action_size, layers=1)
         self.forward_model = _mlp(self.encoding_size + action_size, self.hidden_size, self.encoding_size, layers=1)
         self.to(device)
@@ -109,7 +139,8 @@ class CuriosityRewardProvider(LearnedRewardProvider):
         return torch.cat(parts, dim=1)
 
     def _prediction_error(self, batch: AgentBuffer) -> torch.Tensor:
-        phi, phi_next = self.encoder(self._flat(batch)), self.encoder(self._flat(batch, next_obs_key))
+        phi = self.encoder(self.observations(batch))
+        phi_next = self.encoder(self.observations(batch, next_obs_key))
         predicted = self.forward_model(torch.cat([phi, self._actions(batch)], dim=1))
         return 0.5 * ((predicted - phi_next) ** 2).sum(dim=1), phi, phi_next
 
@@ -143,18 +174,24 @@ class CuriosityRewardProvider(LearnedRewardProvider):
 
 
 class RNDRewardProvider(LearnedRewardProvider):
-    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device) -> None:
-        super().__init__(name, settings, spec, device)
-        self.target = _mlp(self.input_size, self.hidden_size, self.encoding_size)
-        for p in self.target.parameters():
+    def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device,
+                 vis_encode_type: str = "simple") -> None:
+        super().__init__(name, settings, spec, device, vis_encode_type)
+        # Target and predictor each see the observations through encoders of their own: a shared
+        # image encoder trained by the predictor would move the fixed target.
+        self.target_observations = self._observations()
+        self.target = _mlp(self.target_observations.output_size, self.hidden_size, self.encoding_size)
+        for p in list(self.target_observations.parameters()) + list(self.target.parameters()):
             p.requires_grad_(False)
-        self.predictor = _mlp(self.input_size, self.hidden_size, self.encoding_size)
+        self.predictor_observations = self._observations()
+        self.predictor = _mlp(self.predictor_observations.output_size, self.hidden_size, self.encoding_size)
         self.to(device)
-        self.adam = torch.optim.Adam(self.predictor.parameters(), lr=self.learning_rate)
+        self.adam = torch.optim.Adam(list(self.predictor_observations.parameters()) + list(self.predictor.parameters()),
+                                     lr=self.learning_rate)
 
     def _error(self, batch: AgentBuffer) -> torch.Tensor:
-        x = self._flat(batch)
-        return ((self.predictor(x) - self.target(x)) ** 2).sum(dim=1)
+        predicted = self.predictor(self.predictor_observations(batch))
+        return ((predicted - self.target(self.target_observations(batch))) ** 2).sum(dim=1)
 
     @torch.no_grad()
     def evaluate(self, buffer: AgentBuffer) -> np.ndarray:

@@ -56,10 +56,11 @@ class ExtrinsicRewardProvider(RewardProvider):
 
 def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None, device="cpu",
                            expert: Optional[AgentBuffer] = None, seed: Optional[int] = None,
-                           env_range_actions: bool = False) -> RewardProvider:
+                           env_range_actions: bool = False, vis_encode_type: str = "simple") -> RewardProvider:
     """The provider of a configured signal; learned ones (curiosity, rnd, gail) need the spec and
     device, and GAIL the expert's steps, a seed for its expert sampling, and whether the policy's
-    continuous actions are already environment actions (SAC)."""
+    continuous actions are already environment actions (SAC). Curiosity and RND encode images with
+    the signal's own `network_settings.vis_encode_type`, else `vis_encode_type` (the behaviour's)."""
     if name == "extrinsic":
         return ExtrinsicRewardProvider(name, settings)
     from ludus_service.learned_rewards import CuriosityRewardProvider, RNDRewardProvider  # torch networks
@@ -72,4 +73,6 @@ def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None,
     learned = {"curiosity": CuriosityRewardProvider, "rnd": RNDRewardProvider}
     if name not in learned:
         raise ValueError(f"reward signal {name!r} is not implemented")
-    return learned[name](name, settings, spec, torch.device(device))
+    if settings.network_settings is not None:
+        vis_encode_type = settings.network_settings.vis_encode_type
+    return learned[name](name, settings, spec, torch.device(device), vis_encode_type)

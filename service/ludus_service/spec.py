@@ -72,8 +72,9 @@ def parse_spec(msg: pb.BehaviorSpec) -> BehaviorSpec:
     return spec
 
 
-def check_spec_fits_settings(spec: BehaviorSpec, vis_encode_type: str) -> None:
-    """Rules that need the settings: every image must be large enough for the chosen encoder."""
+def check_spec_fits_settings(spec: BehaviorSpec, vis_encode_type: str, field: str = "") -> None:
+    """Rules that need the settings: every image must be large enough for the chosen encoder.
+    `field` names the setting that chose it (default: the observation's shape)."""
     for i, obs in enumerate(spec.observations):
         if obs.kind == pb.OBSERVATION_KIND_VISUAL:
-            check_visual_shape(vis_encode_type, obs.shape, obs.name, field=f"spec.observations[{i}].shape")
+            check_visual_shape(vis_encode_type, obs.shape, obs.name, field=field or f"spec.observations[{i}].shape")

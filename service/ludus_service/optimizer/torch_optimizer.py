@@ -58,6 +58,7 @@ class TorchOptimizer(Optimizer):
                 # GAIL's expert sampling: from the trainer's seeded torch RNG, so --seed runs repeat
                 seed=int(torch.randint(0, 2**31 - 1, ()).item()) if name == "gail" else None,
                 env_range_actions=self.settings.trainer_type == "sac",  # SAC's actor is tanh-squashed
+                vis_encode_type=self.settings.network_settings.vis_encode_type,
             )
 
     @torch.no_grad()
