@@ -6,11 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
+import grpc
 import numpy as np
 import pytest
 import torch
-
-import grpc
 
 from ludus_client import BehaviorSpec, LudusError, TrajectoryBuilder
 from ludus_client.policy import LocalPolicy
