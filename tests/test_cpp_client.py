@@ -5,7 +5,9 @@ The example trains a C++ corridor simulator end to end: RegisterBehavior, GetPol
 fetched policy in C++, SubmitTrajectories with per-trajectory acknowledgements, WatchPolicy for each
 new version, GetPolicy again with a SHA-256 check. Independently of the example's own report, the
 Python SDK asks the server (DescribeBehavior, GetPolicy) what it received and served, and the C++
-policy evaluation is compared with the Python SDK's LocalPolicy on the same policy file.
+policy evaluation is compared with the Python SDK's LocalPolicy on the same policy file. The example
+also survives its server being SIGKILLed and resumed from a checkpoint (ReliableTrajectoryStream,
+ReliablePolicyWatch), and gives up when the server stays away.
 
 Without cmake / protoc / grpc_cpp_plugin / a C++ compiler / grpc++ these tests skip, unless
 LUDUS_REQUIRE_TOOLCHAINS=1 (CI: .ci/run), where they fail. The build directory client/cpp/build
@@ -17,12 +19,15 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
-from ludus_client import BehaviorSpec, LocalPolicy, LudusClient, TrajectoryBuilder
+from ludus_client import BehaviorSpec, LocalPolicy, LudusClient, LudusError, TrajectoryBuilder
+from ludus_service.checkpoint import checkpoint_files, load_checkpoint
 from serverproc import ServerProcess, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -149,3 +154,93 @@ def test_cpp_example_reports_server_errors(cpp_bin, server):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "error: INVALID_ARGUMENT" in out.stderr and "behavior_name" in out.stderr
     assert out.stdout == ""
+
+
+def _example(cpp_bin: pathlib.Path, target: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([cpp_bin / "ludus_cpp_example", "--target", target, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(example: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = example.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        example.kill()
+        out, err = example.communicate()
+    return subprocess.CompletedProcess(example.args, example.returncode, out, err)
+
+
+def test_cpp_example_survives_sigkill_and_resume_of_the_server(cpp_bin, tmp_path):
+    """Like test_production's SIGKILL + --resume test, for the C++ client: the trainer dies mid-run and
+    comes back from its checkpoint on the same port; the example, never restarted, reconnects by itself
+    (ReliableTrajectoryStream resends the unacknowledged trajectory, ReliablePolicyWatch reopens and
+    delivers the resumed server's policy), reaches its step target, and training goes on."""
+    name = "CppResume"
+    ckpt = tmp_path / "checkpoints"
+    config = tmp_path / "ludus.yaml"  # the example's settings leave checkpoint_interval at ML-Agents' 500000
+    config.write_text(f"behaviors:\n  {name}:\n    checkpoint_interval: 256\n")
+    server_args = ["--checkpoint-dir", str(ckpt), "--seed", "0", "--config", str(config)]
+    steps = 12_000  # a few seconds of acting; the server is killed at its first checkpoint (~300 steps)
+    first = ServerProcess(server_args)
+    second = None
+    example = _example(cpp_bin, first.target, "--steps", str(steps), "--behavior", name, "--wait-s", "120")
+    try:
+        wait_until(lambda: checkpoint_files(ckpt / name) or example.poll() is not None, 120, "the first checkpoint")
+        assert example.poll() is None, f"the example ended before the server was killed:\n{_finish(example)}"
+        first.proc.send_signal(signal.SIGKILL)
+        first.wait(10)
+        _, saved = checkpoint_files(ckpt / name)[-1]
+        _, meta = load_checkpoint(saved)
+        saved_version, saved_steps = meta["trainer"]["policy_version"], meta["accepted_steps"]
+
+        second = ServerProcess([*server_args, "--resume"], port=first.port)
+        summary = _summary(_finish(example))
+        with LudusClient(second.target) as client:
+            final = client.describe(name)
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+    assert summary["steps_submitted"] == steps  # the step target, with the same process throughout
+    assert summary["steps_accepted"] + summary["steps_dropped"] == steps  # one acknowledgement per trajectory
+    assert summary["reconnects"] > 0 and summary["watch_reconnects"] > 0
+    assert summary["sha256_ok"] is True
+    # Training continued on the resumed server, with the example's steps, and the example followed it.
+    assert final.policy_version > saved_version and final.total_steps > saved_steps
+    assert saved_version < summary["fetched_version"] <= final.policy_version
+    assert summary["acted_with_versions"][-1] > saved_version
+
+
+def test_cpp_example_gives_up_when_the_server_stays_away(cpp_bin):
+    """No server comes back: after --give-up-s seconds of failures the streams stop retrying and the
+    example exits 1 with the last transient error."""
+    server = ServerProcess([])  # its own process: this test kills it
+    example = _example(cpp_bin, server.target, "--steps", "100000000", "--behavior", "CppGiveUp", "--no-sync",
+                       "--give-up-s", "2")
+    try:
+        with LudusClient(server.target) as client:
+            def submitting() -> bool:
+                try:
+                    return client.describe("CppGiveUp").total_steps > 0
+                except LudusError:  # not registered yet
+                    return example.poll() is not None
+            wait_until(submitting, 60, "the example's first trajectories")
+        assert example.poll() is None, f"the example ended early:\n{_finish(example)}"
+        server.proc.send_signal(signal.SIGKILL)
+        server.wait(10)
+        killed = time.monotonic()
+        out = _finish(example)
+        elapsed = time.monotonic() - killed
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+        server.stop()
+    assert out.returncode == 1, out
+    assert "error: UNAVAILABLE: gave up after" in out.stderr, out.stderr
+    assert out.stdout == ""
+    assert 1.5 < elapsed < 20  # retried about --give-up-s seconds, not the default 300

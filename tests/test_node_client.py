@@ -3,7 +3,8 @@
 The example trains a JS corridor simulator end to end: RegisterBehavior, GetPolicy, SubmitTrajectories
 with per-trajectory acknowledgements, WatchPolicy for each new version, GetPolicy again with a SHA-256
 check. Independently of the example's own report, the Python SDK asks the server (DescribeBehavior)
-what it received, and the JS policy evaluation is compared with the Python SDK's LocalPolicy.
+what it received, and the JS policy evaluation is compared with the Python SDK's LocalPolicy. The
+example also survives the trainer being SIGKILLed and resumed from its checkpoint on the same port.
 
 Without node/npm these tests skip, unless LUDUS_REQUIRE_TOOLCHAINS=1 (CI: .ci/run), where they fail.
 node_modules is installed with `npm ci` from the committed lockfile, or reused when it already
@@ -15,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 
 import numpy as np
@@ -22,7 +24,8 @@ import pytest
 
 from ludus_client import LudusClient, LocalPolicy
 from ludus_client.onnx_policy import OnnxPolicy
-from serverproc import ServerProcess
+from ludus_service.checkpoint import checkpoint_files, load_checkpoint
+from serverproc import ServerProcess, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "client" / "node"
@@ -173,3 +176,55 @@ def test_node_tensor_codec_agrees_with_numpy(node):
     assert result["back"] == ints.tolist()
     assert result["error"]["code"] == "DATA_LOSS"
     assert "trajectory.rewards: raw_data has 7 bytes but shape [2] x DATA_TYPE_FLOAT32 needs 8" in result["error"]["message"]
+
+
+def test_node_example_survives_sigkill_and_resume_of_the_trainer(node, tmp_path):
+    """Modelled on test_production.py::test_sigkill_mid_training_then_resume_and_the_client_carries_on:
+    the trainer is SIGKILLed mid-run and restarted with --resume on the same port; the Node example
+    (ReliableTrajectoryStream, reconnecting WatchPolicy, retried GetPolicy) carries on by itself and
+    reaches its step target, and the resumed server keeps training on what it sends."""
+    ckpt = tmp_path / "checkpoints"
+    behavior = "NodeCorridorRestart"
+    steps = 256 * 16  # far more than happen before the kill: the example is still running when it comes
+    first = ServerProcess(["--checkpoint-dir", str(ckpt), "--seed", "0"])
+    second = None
+    stdout_path, stderr_path = tmp_path / "example.out", tmp_path / "example.err"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        example = subprocess.Popen([node, str(EXAMPLE), "--target", first.target, "--steps", str(steps), "--behavior", behavior,
+                                    "--checkpoint-interval", "256", "--timeout", "60"],
+                                   cwd=NODE_DIR, stdout=stdout, stderr=stderr, text=True)
+    try:
+        wait_until(lambda: any(step >= 512 for step, _ in checkpoint_files(ckpt / behavior)) or example.poll() is not None,
+                   60, "a checkpoint at step >= 512")
+        assert example.poll() is None, f"the example ended before the kill:\n{stderr_path.read_text()}"
+        first.proc.send_signal(signal.SIGKILL)
+        first.wait(10)
+        _, saved = checkpoint_files(ckpt / behavior)[-1]
+        _, meta = load_checkpoint(saved)
+        saved_version = meta["trainer"]["policy_version"]
+
+        second = ServerProcess(["--checkpoint-dir", str(ckpt), "--resume", "--seed", "0"], port=first.port)
+        returncode = example.wait(timeout=90)
+        out, err = stdout_path.read_text(), stderr_path.read_text()
+        assert returncode == 0, f"example failed:\n{err}\n{out}\nserver:\n{second.output()}"
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["ok"] is True and summary["sha256_ok"] is True
+        assert summary["steps_submitted"] == steps
+        # Every trajectory acknowledged exactly once, by the old or the new server (some of those sent
+        # with a version newer than the checkpoint's are dropped as unknown_policy_version).
+        assert summary["steps_accepted"] + summary["steps_dropped"] == steps
+        # The kill broke both open streams; each was reopened.
+        assert summary["reconnects"] > 0 and summary["submit_reconnects"] > 0 and summary["watch_reconnects"] > 0, summary
+        assert "reconnect 1" in err
+
+        with LudusClient(second.target, timeout=60) as client:
+            described = client.describe(behavior)
+        assert described.policy_version > saved_version  # training went on after the resume
+        assert described.policy_version >= summary["fetched_version"] > saved_version
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait(10)
+        first.stop()
+        if second is not None:
+            second.stop()

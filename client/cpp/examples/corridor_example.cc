@@ -1,6 +1,7 @@
 // ludus_cpp_example: the whole Ludus loop from C++ against a live service.
 //
 //   ludus_cpp_example --target host:port [--steps N] [--behavior NAME] [--wait-s S] [--seed K] [--no-sync]
+//                     [--give-up-s S]
 //
 // 1. registers a behaviour for a tiny 1-D corridor simulator (below), with a small buffer so the
 //    service trains after a few hundred steps;
@@ -11,6 +12,12 @@
 // 5. waits until a version newer than the initial one has arrived, fetches that version again with
 //    GetPolicy and checks size and SHA-256 against what WatchPolicy delivered;
 // 6. prints one JSON summary line and exits 0 (or prints "error: ..." to stderr and exits 1).
+//
+// It survives the trainer restarting (e.g. SIGKILL, then `ludus-server --resume` on the same port):
+// trajectories go through ludus::ReliableTrajectoryStream and versions through
+// ludus::ReliablePolicyWatch, which reopen their streams; a server resumed from an older checkpoint
+// is followed back to that checkpoint's policy, and steps it lost are collected again. It gives up
+// (exit 1, "gave up after ...") when the server stays away for --give-up-s seconds (default 300).
 //
 // The bearer token, if the server requires one, is read from LUDUS_AUTH_TOKEN like the Python SDK.
 #include <algorithm>
@@ -104,10 +111,10 @@ struct WatchState {
   bool ended = false;
 };
 
-void FollowPolicies(ludus::PolicyWatch* watch, WatchState* state) {
+void FollowPolicies(ludus::ReliablePolicyWatch* watch, WatchState* state) {
   try {
     ludus::PolicyBlob blob;
-    while (watch->Next(&blob)) {  // size and SHA-256 are verified inside Next()
+    while (watch->Next(&blob)) {  // size and SHA-256 are verified inside Next(); reconnects inside too
       std::lock_guard<std::mutex> lock(state->mutex);
       state->versions.push_back(blob.version);
       state->bytes += static_cast<int64_t>(blob.data.size());
@@ -139,6 +146,7 @@ struct Args {
   int wait_s = 120;
   unsigned seed = 1;
   bool sync = true;  // --no-sync: act freely, swapping in new versions whenever they arrive
+  int give_up_s = 300;  // how long the streams retry while the server is away
 };
 
 Args ParseArgs(int argc, char** argv) {
@@ -156,16 +164,19 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--steps") args.steps = std::stoll(value);
     else if (flag == "--wait-s") args.wait_s = std::stoi(value);
     else if (flag == "--seed") args.seed = static_cast<unsigned>(std::stoul(value));
+    else if (flag == "--give-up-s") args.give_up_s = std::stoi(value);
     else throw std::invalid_argument("unknown option " + flag);
   }
   if (args.target.empty()) throw std::invalid_argument("--target host:port is required");
   if (args.steps < 1) throw std::invalid_argument("--steps must be >= 1");
+  if (args.give_up_s < 0) throw std::invalid_argument("--give-up-s must be >= 0");
   return args;
 }
 
 int Run(const Args& args) {
   ludus::ClientOptions options;
   if (const char* token = std::getenv("LUDUS_AUTH_TOKEN")) options.token = token;
+  options.retry.give_up_after = std::chrono::seconds(args.give_up_s);  // backoff: 0.2 s doubling to 10 s
   ludus::Client client(args.target, options);
   if (!client.WaitReady(std::chrono::seconds(30))) throw std::runtime_error("no Ludus server at " + args.target + " after 30 s");
 
@@ -181,29 +192,80 @@ int Run(const Args& args) {
   ludus::PolicyBlob initial = client.GetPolicy(args.behavior, initial_version);
   int64_t bytes_fetched = static_cast<int64_t>(initial.data.size());
   ludus::MlpPolicy policy = ludus::MlpPolicy::FromSafetensors(initial.data);
+  std::string policy_sha256 = initial.sha256;
   std::vector<int64_t> acted_with = {policy.version()};
 
   // Follow new versions from the start, so none published while we act is missed.
   WatchState watch_state;
-  auto watch = client.WatchPolicy(args.behavior, initial_version);
-  std::thread watcher(FollowPolicies, watch.get(), &watch_state);
+  ludus::ReliablePolicyWatch watch(&client, args.behavior, initial_version);
+  std::thread watcher(FollowPolicies, &watch, &watch_state);
   struct JoinOnExit {  // every exit path (exceptions included) stops and joins the watcher
-    ludus::PolicyWatch* watch;
+    ludus::ReliablePolicyWatch* watch;
     std::thread* thread;
     ~JoinOnExit() { watch->Cancel(); if (thread->joinable()) thread->join(); }
-  } join_on_exit{watch.get(), &watcher};
+  } join_on_exit{&watch, &watcher};
 
   std::mt19937 rng(args.seed);
   Corridor sim(rng);
-  auto stream = client.OpenTrajectoryStream();
+  ludus::ReliableTrajectoryStream stream(&client, args.behavior);
   Piece piece;
   std::vector<float> obs = sim.Observation();
   int64_t submitted = 0, accepted = 0, dropped = 0, trajectories = 0, episodes = 0, server_total = 0;
-  int64_t accepted_this_version = 0;
+  int64_t accepted_this_version = 0, rollbacks = 0, recollections = 0;
   bool more_steps = true;  // false while submitting the last trajectory: nothing left to wait for
 
+  // After a server restart from a checkpoint, version numbers can repeat with other weights: a
+  // policy is "another one" if its version or its SHA-256 differs.
+  auto differs = [&](const ludus::PolicyBlob& blob) { return blob.version != policy.version() || blob.sha256 != policy_sha256; };
+  auto act_with = [&](const ludus::PolicyBlob& blob) {
+    if (blob.version <= policy.version()) ++rollbacks;  // the server went back to an older checkpoint
+    policy = ludus::MlpPolicy::FromSafetensors(blob.data);
+    policy_sha256 = blob.sha256;
+    acted_with.push_back(policy.version());
+    accepted_this_version = 0;
+  };
+  // The newest policy WatchPolicy delivered, if it is another one than ours. Call with the lock held.
+  auto take_newest = [&]() {
+    std::optional<ludus::PolicyBlob> newest;
+    newest.swap(watch_state.newest);
+    if (newest && !differs(*newest)) newest.reset();
+    return newest;
+  };
+  // Sync mode: wait for the version trained on this version's buffer_size steps. After a server
+  // restart the wait can end otherwise: the resumed server is at another version (the watch
+  // delivers it), or it lost steps it had acknowledged and needs more before it trains (nullopt:
+  // collect again), which DescribeBehavior tells (only asked once a reconnect was seen).
+  auto await_next_version = [&]() -> std::optional<ludus::PolicyBlob> {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(args.wait_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      {
+        std::unique_lock<std::mutex> lock(watch_state.mutex);
+        watch_state.changed.wait_for(lock, std::chrono::seconds(1), [&] {
+          return watch_state.ended || (watch_state.newest && differs(*watch_state.newest));
+        });
+        if (auto newest = take_newest()) return newest;
+        if (watch_state.ended) break;
+      }
+      if (stream.reconnects() + watch.reconnects() == 0) continue;
+      try {
+        const auto state = client.DescribeBehavior(args.behavior);
+        if (state.policy_version() == policy.version() && state.buffered_steps() + state.queued_steps() < kBufferSize) {
+          ++recollections;
+          return std::nullopt;
+        }
+      } catch (const ludus::LudusError& e) {
+        if (!ludus::IsTransient(e.code())) throw;  // the server is still coming back: keep waiting
+      }
+    }
+    std::lock_guard<std::mutex> lock(watch_state.mutex);
+    throw std::runtime_error("no policy version after " + std::to_string(policy.version()) + " within " +
+                             std::to_string(args.wait_s) + " s" +
+                             (watch_state.error.empty() ? "" : ": WatchPolicy failed: " + watch_state.error));
+  };
+
   auto submit = [&](bool done, bool interrupted, const std::vector<float>& next_obs) {
-    const auto ack = stream->Submit(args.behavior, BuildTrajectory(piece, policy.version(), done, interrupted, next_obs));
+    // Returns once acknowledged, reconnecting and resending while the server restarts.
+    const auto ack = stream.Submit(BuildTrajectory(piece, policy.version(), done, interrupted, next_obs));
     submitted += piece.length();
     accepted += ack.accepted_steps();
     dropped += ack.dropped_steps();
@@ -211,29 +273,24 @@ int Run(const Args& args) {
     ++trajectories;
     piece = Piece();
     accepted_this_version += ack.accepted_steps();
+    if (ack.drop_reason() == ludus::v1::DROP_REASON_UNKNOWN_POLICY_VERSION) {
+      // The server resumed from a checkpoint older than our policy: act with its current one.
+      act_with(client.GetPolicy(args.behavior));
+      return;
+    }
     // Between trajectories, act with the newest version WatchPolicy has delivered. In sync mode,
     // once this version's data filled buffer_size (the service then trains on it), wait for the
     // next version first, so every step is collected on-policy, as ludus-gym does by default.
-    const bool wait = args.sync && accepted_this_version >= kBufferSize && more_steps;
     std::optional<ludus::PolicyBlob> newest;
     {
-      std::unique_lock<std::mutex> lock(watch_state.mutex);
-      if (wait) {
-        watch_state.changed.wait_for(lock, std::chrono::seconds(args.wait_s),
-                                     [&] { return watch_state.ended || watch_state.newest.has_value(); });
-        if (!watch_state.newest) {
-          throw std::runtime_error("no policy version after " + std::to_string(policy.version()) + " within " +
-                                   std::to_string(args.wait_s) + " s" +
-                                   (watch_state.error.empty() ? "" : ": WatchPolicy failed: " + watch_state.error));
-        }
-      }
-      newest.swap(watch_state.newest);
+      std::lock_guard<std::mutex> lock(watch_state.mutex);
+      newest = take_newest();
     }
-    if (newest) {
-      policy = ludus::MlpPolicy::FromSafetensors(newest->data);
-      acted_with.push_back(policy.version());
-      accepted_this_version = 0;
+    if (!newest && args.sync && accepted_this_version >= kBufferSize && more_steps) {
+      newest = await_next_version();
+      if (!newest) accepted_this_version = 0;  // the server needs more steps of this version
     }
+    if (newest) act_with(*newest);
   };
 
   for (int64_t step = 0; step < args.steps; ++step) {
@@ -255,7 +312,7 @@ int Run(const Args& args) {
   }
   more_steps = false;
   if (piece.length() > 0) submit(false, false, obs);  // the unfinished rest, bootstrapped from obs
-  stream->Close();
+  stream.Close();
 
   // Wait for a version newer than the initial one (training runs asynchronously in the service).
   ludus::PolicyBlob watched;
@@ -292,7 +349,9 @@ int Run(const Args& args) {
             << ",\"bytes_fetched\":" << bytes_fetched << ",\"steps_submitted\":" << submitted
             << ",\"steps_accepted\":" << accepted << ",\"steps_dropped\":" << dropped
             << ",\"trajectories\":" << trajectories << ",\"episodes\":" << episodes
-            << ",\"server_total_steps\":" << server_total << "}" << std::endl;
+            << ",\"server_total_steps\":" << server_total << ",\"reconnects\":" << stream.reconnects()
+            << ",\"watch_reconnects\":" << watch.reconnects() << ",\"policy_rollbacks\":" << rollbacks
+            << ",\"recollections\":" << recollections << "}" << std::endl;
   return 0;
 }
 
@@ -304,7 +363,7 @@ int main(int argc, char** argv) {
     args = ParseArgs(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "ludus_cpp_example: " << e.what() << "\nusage: ludus_cpp_example --target host:port [--steps N] "
-              << "[--behavior NAME] [--wait-s S] [--seed K] [--no-sync]" << std::endl;
+              << "[--behavior NAME] [--wait-s S] [--seed K] [--no-sync] [--give-up-s S]" << std::endl;
     return 2;
   }
   try {

@@ -14,10 +14,16 @@
  * version again with GetPolicy, check its SHA-256 matches what WatchPolicy announced, and print one
  * JSON summary line. Exit 0 on success, 1 with a message on stderr on any failure.
  *
+ * It survives the trainer restarting (e.g. killed, then `ludus-server --resume` on the same port):
+ * trajectories go through a ReliableTrajectoryStream, which reopens the stream and sends the
+ * unacknowledged ones again; the WatchPolicy watch is reopened and starts with the version the server
+ * resumed with, which the simulator then acts with; GetPolicy is retried on UNAVAILABLE. Each reconnect
+ * is noted on stderr and the summary counts them (`reconnects`).
+ *
  * Usage: node examples/train_corridor.js --target host:port [--steps 1024] [--behavior NAME]
- *        [--seed N] [--timeout SECONDS] [--proto path/to/trainer.proto]
+ *        [--seed N] [--timeout SECONDS] [--checkpoint-interval STEPS] [--proto path/to/trainer.proto]
  */
-const { LudusClient, encodeTensor } = require('../src/ludus');
+const { LudusClient, encodeTensor, retryTransient } = require('../src/ludus');
 
 const CELLS = 7;
 const MAX_EPISODE_STEPS = 20;
@@ -31,12 +37,12 @@ const SETTINGS = {
 };
 
 function parseArgs(argv) {
-  const args = { target: null, steps: 1024, behavior: 'NodeCorridor', seed: 1, timeout: 300, proto: undefined };
+  const args = { target: null, steps: 1024, behavior: 'NodeCorridor', seed: 1, timeout: 300, 'checkpoint-interval': 0, proto: undefined };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, '');
     if (!(key in args) || i + 1 >= argv.length) throw new Error(`unknown or incomplete option ${argv[i]}`);
     const value = argv[++i];
-    args[key] = ['steps', 'seed', 'timeout'].includes(key) ? Number(value) : value;
+    args[key] = ['steps', 'seed', 'timeout', 'checkpoint-interval'].includes(key) ? Number(value) : value;
   }
   if (!args.target) throw new Error('--target host:port is required');
   if (!(args.steps >= SETTINGS.hyperparameters.buffer_size)) {
@@ -100,30 +106,48 @@ class TrajectoryBuilder {
   }
 }
 
-/** Follows WatchPolicy in the background; `waitForNewerThan(v)` resolves with the first version > v. */
-function followPolicies(client, behavior, afterVersion) {
+/** Follows WatchPolicy in the background, reopening it after a transient failure (server restart).
+ * `next()` resolves with the newest version pushed since the previous call, waiting (up to timeoutMs) for one
+ * if there is none yet. After a reconnect the watch pushes the server's current version (the one it
+ * resumed with, possibly the one already in use): the update a rollout was waiting for may have died
+ * with the old server process, so the simulator goes on with whatever the server now has. */
+function followPolicies(client, behavior, afterVersion, timeoutMs) {
   const seen = [];
-  let waiters = [];
+  let taken = 0;
+  let waiter = null;
   let failure = null;
-  const watch = client.watchPolicy(behavior, { afterVersion });
+  const wake = () => { if (waiter) waiter(); };
+  const watch = client.watchPolicy(behavior, {
+    afterVersion,
+    reconnect: true,
+    giveUpAfterMs: timeoutMs,
+    onReconnect: (err, n) => console.error(`train_corridor: WatchPolicy broke (${err.message}); reconnect ${n}`),
+  });
   const done = (async () => {
-    for await (const blob of watch) {
-      seen.push(blob);
-      waiters = waiters.filter((w) => (blob.version > w.version ? (w.resolve(blob), false) : true));
-    }
-  })().catch((err) => { failure = err; waiters.forEach((w) => w.reject(err)); });
+    for await (const blob of watch) { seen.push(blob); wake(); }
+    failure = failure || new Error('the server ended WatchPolicy');
+    wake();
+  })().catch((err) => { failure = err; wake(); });
+  const take = () => { taken = seen.length; return seen[seen.length - 1]; };
   return {
     seen,
-    waitForNewerThan(version, timeoutMs) {
-      const found = seen.find((b) => b.version > version);
-      if (found) return Promise.resolve(found);
+    get reconnects() { return watch.reconnects; },
+    next() {
+      if (taken < seen.length) return Promise.resolve(take());
       if (failure) return Promise.reject(failure);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no policy version newer than ${version} from WatchPolicy within ${timeoutMs / 1000} s`)), timeoutMs);
-        waiters.push({ version, resolve: (b) => { clearTimeout(timer); resolve(b); }, reject: (e) => { clearTimeout(timer); reject(e); } });
+        const timer = setTimeout(() => {
+          waiter = null;
+          reject(new Error(`no new policy version from WatchPolicy within ${timeoutMs / 1000} s`));
+        }, timeoutMs);
+        waiter = () => {
+          clearTimeout(timer);
+          waiter = null;
+          if (taken < seen.length) resolve(take()); else reject(failure);
+        };
       });
     },
-    async stop() { watch.cancel(); await done; },
+    async stop() { failure = failure || new Error('stopped'); watch.cancel(); await done; },
   };
 }
 
@@ -138,12 +162,20 @@ async function main() {
     observations: [{ name: 'cell', shape: [CELLS], kind: 'OBSERVATION_KIND_VECTOR' }],
     actions: { continuous_size: 0, discrete_branches: [2] },
   };
-  const registration = await client.register(args.behavior, spec, SETTINGS);
+  const settings = args['checkpoint-interval'] > 0 ? { ...SETTINGS, checkpoint_interval: args['checkpoint-interval'] } : SETTINGS;
+  const registration = await client.register(args.behavior, spec, settings);
   const bufferSize = registration.settings.hyperparameters.buffer_size;
   const horizon = registration.settings.time_horizon;
-  const initial = await client.getPolicy(args.behavior, registration.policyVersion);
+  let policyRetries = 0;
+  const retry = { giveUpAfterMs: timeoutMs, onRetry: (err) => { policyRetries += 1; console.error(`train_corridor: GetPolicy failed (${err.message}); retrying`); } };
+  const initial = await retryTransient(() => client.getPolicy(args.behavior, registration.policyVersion), retry);
   let policy = initial.load();
-  const watcher = followPolicies(client, args.behavior, initial.version);
+  const watcher = followPolicies(client, args.behavior, initial.version, timeoutMs);
+  // One stream for the whole run; it reconnects and resends by itself when the server restarts.
+  const stream = client.openReliableStream(args.behavior, {
+    giveUpAfterMs: timeoutMs,
+    onReconnect: (err, n) => console.error(`train_corridor: SubmitTrajectories broke (${err.message}); reconnect ${n}`),
+  });
 
   const env = new Corridor();
   const builder = new TrajectoryBuilder();
@@ -156,7 +188,6 @@ async function main() {
   while (submitted < args.steps) {
     // One on-policy rollout of buffer_size steps (less at the very end), all acted by `policy`.
     const rolloutSteps = Math.min(bufferSize, args.steps - submitted);
-    const stream = client.openSubmitStream(args.behavior);
     const acks = [];
     for (let step = 0; step < rolloutSteps; step++) {
       const out = policy.act([obs], { random });
@@ -165,7 +196,7 @@ async function main() {
       episodeReturn += result.reward;
       const lastOfRollout = step === rolloutSteps - 1;
       if (result.done || result.interrupted || builder.length === horizon || lastOfRollout) {
-        acks.push(stream.send(builder.build(policy.version, result.obs, result.done, result.interrupted)));
+        acks.push(stream.submit(builder.build(policy.version, result.obs, result.done, result.interrupted)));
       }
       if (result.done || result.interrupted) {
         returns.push([policy.version, episodeReturn]);
@@ -179,17 +210,17 @@ async function main() {
       accepted += ack.accepted_steps;
       dropped += ack.dropped_steps;
     }
-    await stream.close();
     submitted += rolloutSteps;
     if (rolloutSteps === bufferSize) { // a full buffer: the service trains and publishes a new version
-      const next = await watcher.waitForNewerThan(policy.version, timeoutMs);
+      const next = await watcher.next();
       policy = next.load();
     }
   }
+  await stream.close();
 
   // The newest version WatchPolicy pushed, fetched again with GetPolicy: same bytes, same SHA-256.
   const newest = watcher.seen[watcher.seen.length - 1];
-  const fetched = await client.getPolicy(args.behavior, newest.version);
+  const fetched = await retryTransient(() => client.getPolicy(args.behavior, newest.version), retry);
   await watcher.stop();
   client.close();
   const mean = (version) => {
@@ -211,6 +242,11 @@ async function main() {
     episodes: returns.length,
     mean_return_initial_policy: mean(initial.version),
     mean_return_last_policy: mean(returns.length ? returns[returns.length - 1][0] : -1),
+    // Recoveries from transient failures (a trainer restart): stream reopenings and GetPolicy retries.
+    reconnects: stream.reconnects + watcher.reconnects + policyRetries,
+    submit_reconnects: stream.reconnects,
+    watch_reconnects: watcher.reconnects,
+    get_policy_retries: policyRetries,
   };
   console.log(JSON.stringify(summary));
   if (!summary.sha256_ok) throw new Error(`policy ${fetched.version}: GetPolicy and WatchPolicy disagree on the bytes`);

@@ -199,7 +199,8 @@ class LudusClient {
   /**
    * @param {string} target host:port of a ludus-server
    * @param {object} [options] protoPath, timeoutMs (unary deadline, default 30000), token (bearer
-   *   token; default env LUDUS_AUTH_TOKEN), credentials (grpc ChannelCredentials; default insecure)
+   *   token; default env LUDUS_AUTH_TOKEN), credentials (grpc ChannelCredentials; default insecure),
+   *   maxReconnectBackoffMs (cap of the channel's own reconnect backoff, default 10000)
    */
   constructor(target, options = {}) {
     const protoPath = options.protoPath || process.env.LUDUS_PROTO || DEFAULT_PROTO;
@@ -210,13 +211,16 @@ class LudusClient {
     this.stub = new Trainer(target, options.credentials || grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      // After a server restart the channel reconnects by itself; cap its reconnect backoff (grpc-js
+      // default: 120 s) so a restarted trainer is found again within seconds.
+      'grpc.max_reconnect_backoff_ms': options.maxReconnectBackoffMs || 10000,
     });
   }
 
   close() { this.stub.close(); }
 
-  _metadata() {
-    const md = new grpc.Metadata({ waitForReady: true }); // queue calls while the server starts
+  _metadata(waitForReady = true) {
+    const md = new grpc.Metadata({ waitForReady }); // by default, queue calls while the server (re)starts
     if (this.token) md.set('authorization', `Bearer ${this.token}`);
     return md;
   }
@@ -333,29 +337,345 @@ class LudusClient {
   }
 
   /** WatchPolicy: an async iterable of policy blobs, one per new version (newer than
-   * `afterVersion`; 0 = start with the current one). `cancel()` ends the iteration cleanly. */
-  watchPolicy(behaviorName, { afterVersion = 0, versionsOnly = false, format = 'safetensors' } = {}) {
-    const call = this.stub.WatchPolicy(
-      { behavior_name: behaviorName, after_version: afterVersion, format: policyFormat(format), versions_only: versionsOnly },
-      this._metadata());
+   * `afterVersion`; 0 = start with the current one). `cancel()` ends the iteration cleanly.
+   *
+   * With `reconnect: true` the watch survives a server restart: when it breaks with a transient status
+   * (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) it is reopened with exponential backoff (200 ms
+   * doubling up to `maxBackoffMs`, default 10000) and the iteration goes on; it gives up with the last
+   * error once no policy has arrived for `giveUpAfterMs` (default 300000) since the break. A reopened
+   * watch starts with the server's current version, flagged `reconnected: true`: it may repeat the last
+   * version, or precede it when the server resumed from an older checkpoint. `reconnects` counts the
+   * reopenings; `onReconnect(error, count)` is called before each. */
+  watchPolicy(behaviorName, {
+    afterVersion = 0, versionsOnly = false, format = 'safetensors',
+    reconnect = false, maxBackoffMs = 10000, giveUpAfterMs = 300000, onReconnect = null,
+  } = {}) {
+    const state = { call: null, cancelled: false, reconnects: 0, timer: null };
+    let onCancel;
+    const cancelled = new Promise((resolve) => { onCancel = resolve; });
+    const open = (after) => this.stub.WatchPolicy(
+      { behavior_name: behaviorName, after_version: after, format: policyFormat(format), versions_only: versionsOnly },
+      this._metadata(!reconnect));
+    const client = this;
+    // Without reconnect the call opens right away, as it always has; with it, once the channel is ready.
+    let first = reconnect ? null : open(afterVersion);
+    state.call = first;
     async function* blobs() {
-      const assembler = new PolicyAssembler();
-      try {
-        for await (const chunk of call) {
-          const blob = assembler.push(chunk);
-          if (blob) yield blob;
+      let after = afterVersion;
+      let backoff = INITIAL_BACKOFF_MS;
+      let failingSince = null;
+      let reconnected = false;
+      let lastError = null;
+      while (!state.cancelled) {
+        if (reconnect) {
+          // Wait (at most until giveUpAfterMs) for the channel, then open the call without waitForReady:
+          // a channel lost in between then fails the call at once instead of queueing it indefinitely.
+          const since = failingSince === null ? Date.now() : failingSince;
+          const ready = await Promise.race([channelReady(client, since + giveUpAfterMs, () => state.cancelled), cancelled]);
+          if (state.cancelled) return;
+          if (ready !== 'ready') throw lastError ? giveUpError(lastError, giveUpAfterMs) : notReadyError(client, ready);
         }
-      } catch (err) {
-        if (err.code === grpc.status.CANCELLED) return; // our own cancel()
-        throw LudusError.fromGrpc(err);
+        const call = state.call = first || open(after);
+        first = null;
+        const assembler = new PolicyAssembler();
+        try {
+          for await (const chunk of call) {
+            const blob = assembler.push(chunk);
+            if (!blob) continue;
+            backoff = INITIAL_BACKOFF_MS;
+            failingSince = null;
+            if (reconnected) { blob.reconnected = true; reconnected = false; }
+            yield blob;
+          }
+          // The server ended the watch: done, unless reconnecting (a server that goes away ends it so).
+          if (!reconnect || state.cancelled) return;
+          throw new LudusError(grpc.status.UNAVAILABLE, 'the server ended the watch');
+        } catch (err) {
+          if (err.code === grpc.status.CANCELLED && (state.cancelled || !reconnect)) return; // our own cancel()
+          const error = LudusError.fromGrpc(err);
+          if (!reconnect || !isTransient(error)) throw error;
+          failingSince = failingSince === null ? Date.now() : failingSince;
+          if (Date.now() - failingSince >= giveUpAfterMs) throw giveUpError(error, giveUpAfterMs);
+          lastError = error;
+          state.reconnects += 1;
+          if (onReconnect) onReconnect(error, state.reconnects);
+          await Promise.race([new Promise((resolve) => { state.timer = setTimeout(resolve, backoff); }), cancelled]);
+          backoff = Math.min(backoff * 2, maxBackoffMs);
+          after = 0; // start again with the server's current version, whatever it restored
+          reconnected = true;
+        }
       }
     }
     const iterator = blobs();
-    return { [Symbol.asyncIterator]: () => iterator, cancel: () => call.cancel() };
+    return {
+      [Symbol.asyncIterator]: () => iterator,
+      cancel: () => {
+        state.cancelled = true;
+        clearTimeout(state.timer);
+        onCancel();
+        if (state.call) state.call.cancel();
+      },
+      get reconnects() { return state.reconnects; },
+    };
+  }
+
+  /** A ReliableTrajectoryStream (see there) submitting to `behaviorName` on this client. */
+  openReliableStream(behaviorName, options = {}) {
+    return new ReliableTrajectoryStream(this, behaviorName, options);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Surviving a trainer restart: transient statuses are retried, everything else is final.
+
+/** UNAVAILABLE (server down or restarting), RESOURCE_EXHAUSTED (intake full), DEADLINE_EXCEEDED. */
+const TRANSIENT_CODES = new Set([grpc.status.UNAVAILABLE, grpc.status.RESOURCE_EXHAUSTED, grpc.status.DEADLINE_EXCEEDED]);
+const INITIAL_BACKOFF_MS = 200;
+
+function isTransient(err) { return Boolean(err) && TRANSIENT_CODES.has(err.code); }
+
+function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+
+/** Wait for the client's channel to be ready: 'ready', or 'deadline' at `deadline` (ms since the epoch),
+ * 'stopped' once `stopped()` is true, 'closed' when the client was closed. Waits in slices of at most
+ * 1 s so that no pending wait keeps the process alive long after a cancellation. */
+function channelReady(client, deadline, stopped) {
+  return new Promise((resolve) => {
+    const step = () => {
+      if (stopped()) { resolve('stopped'); return; }
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) { resolve('deadline'); return; }
+      client.stub.waitForReady(new Date(Date.now() + Math.min(remaining, 1000)), (err) => {
+        if (!err) resolve('ready');
+        else if (/closed/.test(err.message)) resolve('closed');
+        else step();
+      });
+    };
+    step();
+  });
+}
+
+function notReadyError(client, why) {
+  return new LudusError(grpc.status.UNAVAILABLE, why === 'closed' ? 'the client was closed'
+    : `no Ludus server at ${client.target}: not connected before the deadline`);
+}
+
+function giveUpError(last, giveUpAfterMs) {
+  return new LudusError(last.code, `gave up after ${giveUpAfterMs / 1000} s of failures; last: ${last.details}`);
+}
+
+/** Call `fn()` (returning a promise) again while it rejects with a transient status, sleeping 200 ms
+ * doubling up to `maxBackoffMs` between tries, for at most `giveUpAfterMs`; any other error, or the last
+ * transient one after that, is thrown. `onRetry(error, attempt)` is called before each new try.
+ * E.g. `await retryTransient(() => client.getPolicy('MyAgent'))`. */
+async function retryTransient(fn, { maxBackoffMs = 10000, giveUpAfterMs = 300000, onRetry = null } = {}) {
+  const started = Date.now();
+  let backoff = INITIAL_BACKOFF_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isTransient(err)) throw err;
+      if (Date.now() - started + backoff > giveUpAfterMs) throw giveUpError(err, giveUpAfterMs);
+      if (onRetry) onRetry(err, attempt);
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, maxBackoffMs);
+    }
+  }
+}
+
+/**
+ * Pipelined, loss-free trajectory submission on one long-lived SubmitTrajectories stream that survives
+ * a trainer restart (the Node counterpart of the Python SDK's TrajectoryStream).
+ *
+ * `submit(trajectory)` returns a promise of that trajectory's acknowledgement. Up to `maxInFlight`
+ * (default 64) trajectories are on the wire unacknowledged at once; later ones wait, in order, in the
+ * client. Every trajectory stays pending until the server acknowledges it. When the stream breaks with
+ * a transient status (UNAVAILABLE: server restarting; RESOURCE_EXHAUSTED: intake full;
+ * DEADLINE_EXCEEDED) it is reopened after an exponential backoff (200 ms doubling up to `maxBackoffMs`,
+ * default 10000) once the channel is ready again, and the unacknowledged trajectories are sent again,
+ * in order. Delivery is at least once: a trajectory whose acknowledgement was lost in the break is sent
+ * again. `reconnects` counts the breaks. A permanent status (INVALID_ARGUMENT, NOT_FOUND, ...), or a
+ * transient one lasting `giveUpAfterMs` (default 300000) without any acknowledgement, rejects every
+ * pending promise and every later call with a LudusError carrying the status.
+ *
+ * `flush()` resolves once every submitted trajectory is acknowledged; `close()` flushes, then ends the
+ * stream; `cancel()` abandons what is pending (CANCELLED). `acceptedSteps`, `droppedSteps`, `latest`
+ * (the last acknowledgement) and `unacknowledged` describe the progress; `onReconnect(error, count)`
+ * is called at each break.
+ */
+class ReliableTrajectoryStream {
+  constructor(client, behaviorName, { maxInFlight = 64, maxBackoffMs = 10000, giveUpAfterMs = 300000, onReconnect = null } = {}) {
+    if (!(maxInFlight >= 1)) throw new RangeError(`maxInFlight must be >= 1, got ${maxInFlight}`);
+    this.client = client;
+    this.behaviorName = behaviorName;
+    this.maxInFlight = maxInFlight;
+    this.maxBackoffMs = maxBackoffMs;
+    this.giveUpAfterMs = giveUpAfterMs;
+    this.onReconnect = onReconnect;
+    this.reconnects = 0;
+    this.acceptedSteps = 0;
+    this.droppedSteps = 0;
+    this.latest = null;
+    this._pending = []; // {request, resolve, reject}, oldest first; the head ones are on the wire
+    this._attempt = null; // the current call: {call, inFlight (head entries written on it), dead}
+    this._flushWaiters = [];
+    this._error = null;
+    this._closing = false;
+    this._backoff = INITIAL_BACKOFF_MS;
+    this._failingSince = null; // first break since the last acknowledgement
+    this._reopenTimer = null;
+  }
+
+  get unacknowledged() { return this._pending.length; }
+
+  submit(trajectory) {
+    if (this._error) return Promise.reject(this._error);
+    if (this._closing) return Promise.reject(new LudusError(grpc.status.FAILED_PRECONDITION, 'submit() after close()'));
+    return new Promise((resolve, reject) => {
+      this._pending.push({ request: { behavior_name: this.behaviorName, trajectory }, resolve, reject });
+      this._pump();
+    });
+  }
+
+  flush() {
+    if (this._error) return Promise.reject(this._error);
+    if (!this._pending.length) return Promise.resolve();
+    return new Promise((resolve, reject) => this._flushWaiters.push({ resolve, reject }));
+  }
+
+  async close() {
+    try {
+      await this.flush();
+    } catch (err) {
+      this._closing = true;
+      this._stop();
+      throw err;
+    }
+    this._closing = true;
+    const attempt = this._attempt;
+    clearTimeout(this._reopenTimer);
+    if (!attempt || attempt.dead || !attempt.call) { this._stop(); return; }
+    await new Promise((resolve) => { attempt.onDone = resolve; attempt.call.end(); });
+  }
+
+  cancel() {
+    this._closing = true;
+    this._fail(new LudusError(grpc.status.CANCELLED, 'stream cancelled by the client'));
+  }
+
+  // -- internals -------------------------------------------------------------------------------
+
+  /** Open a call when there is something to send, then write pending trajectories up to maxInFlight. */
+  _pump() {
+    if (this._error || this._reopenTimer) return;
+    const attempt = this._attempt;
+    if (!attempt || attempt.dead) {
+      if (this._pending.length) this._open();
+      return;
+    }
+    if (!attempt.call) return; // still waiting for the channel
+    while (attempt.inFlight < this._pending.length && attempt.inFlight < this.maxInFlight) {
+      attempt.call.write(this._pending[attempt.inFlight].request);
+      attempt.inFlight += 1;
+    }
+  }
+
+  _open() {
+    const attempt = { call: null, inFlight: 0, dead: false, onDone: null };
+    this._attempt = attempt;
+    // Wait (bounded by giveUpAfterMs) for the channel, then open the call without waitForReady so that a
+    // channel lost in between fails the call at once instead of leaving it queued forever.
+    const since = this._failingSince === null ? Date.now() : this._failingSince;
+    channelReady(this.client, since + this.giveUpAfterMs, () => attempt.dead).then((ready) => {
+      if (attempt.dead || this._attempt !== attempt) return;
+      if (ready !== 'ready') {
+        this._failingSince = since;
+        const error = notReadyError(this.client, ready);
+        if (ready === 'closed') this._fail(error); else this._broken(attempt, error);
+        return;
+      }
+      const call = attempt.call = this.client.stub.SubmitTrajectories(this.client._metadata(false));
+      call.on('data', (ack) => this._acknowledged(attempt, ack));
+      call.on('error', (e) => this._broken(attempt, LudusError.fromGrpc(e)));
+      call.on('end', () => { // the server finished the call with OK (errors come as 'error' above)
+        if (attempt.dead) return;
+        if (this._pending.length && !this._error) {
+          this._broken(attempt, new LudusError(grpc.status.UNAVAILABLE,
+            `the server ended the stream with ${this._pending.length} trajectories unacknowledged`));
+          return;
+        }
+        attempt.dead = true;
+        if (attempt.onDone) attempt.onDone();
+      });
+      this._pump();
+    });
+  }
+
+  _acknowledged(attempt, ack) {
+    // Late acknowledgements of a broken call still count until the next call takes over.
+    if (this._attempt !== attempt || attempt.inFlight === 0) return;
+    const entry = this._pending.shift();
+    attempt.inFlight -= 1;
+    this._backoff = INITIAL_BACKOFF_MS;
+    this._failingSince = null;
+    this.latest = ack;
+    this.acceptedSteps += Number(ack.accepted_steps) || 0;
+    this.droppedSteps += Number(ack.dropped_steps) || 0;
+    entry.resolve(ack);
+    if (!this._pending.length) {
+      const waiters = this._flushWaiters;
+      this._flushWaiters = [];
+      waiters.forEach((w) => w.resolve());
+    }
+    this._pump();
+  }
+
+  _broken(attempt, error) {
+    if (attempt.dead) return;
+    attempt.dead = true;
+    if (attempt.call) attempt.call.cancel(); // no-op once the call has its status
+    if (attempt.onDone) attempt.onDone();
+    if (this._error || (this._closing && !this._pending.length)) return;
+    if (!isTransient(error)) { this._fail(error); return; }
+    const now = Date.now();
+    if (this._pending.length && this._failingSince === null) this._failingSince = now;
+    if (this._failingSince !== null && now - this._failingSince >= this.giveUpAfterMs) {
+      this._fail(giveUpError(error, this.giveUpAfterMs));
+      return;
+    }
+    this.reconnects += 1;
+    if (this.onReconnect) this.onReconnect(error, this.reconnects);
+    const delay = this._backoff;
+    this._backoff = Math.min(this._backoff * 2, this.maxBackoffMs);
+    this._reopenTimer = setTimeout(() => { this._reopenTimer = null; this._pump(); }, delay);
+  }
+
+  _fail(error) {
+    if (!this._error) this._error = error;
+    this._stop();
+    const pending = this._pending;
+    const waiters = this._flushWaiters;
+    this._pending = [];
+    this._flushWaiters = [];
+    pending.forEach((p) => p.reject(this._error));
+    waiters.forEach((w) => w.reject(this._error));
+  }
+
+  _stop() {
+    clearTimeout(this._reopenTimer);
+    this._reopenTimer = null;
+    const attempt = this._attempt;
+    if (attempt && !attempt.dead) {
+      attempt.dead = true;
+      if (attempt.call) attempt.call.cancel();
+      if (attempt.onDone) attempt.onDone();
+    }
   }
 }
 
 module.exports = {
-  LudusClient, LudusError, PolicyAssembler, encodeTensor, decodeTensor, toStruct, fromStruct, loadPolicy, DEFAULT_PROTO,
+  LudusClient, LudusError, PolicyAssembler, ReliableTrajectoryStream, encodeTensor, decodeTensor, toStruct, fromStruct,
+  loadPolicy, retryTransient, isTransient, TRANSIENT_CODES, DEFAULT_PROTO,
   status: grpc.status,
 };
