@@ -177,29 +177,34 @@ def _visual_rows(rng: np.random.Generator, images: np.ndarray) -> AgentBuffer:
                         "continuous_action": np.zeros((n, 0), np.float32), "discrete_action": rng.integers(0, 4, (n, 1))})
 
 
-@pytest.mark.parametrize("name", ["curiosity", "rnd"])
+@pytest.mark.parametrize("name", ["curiosity", "rnd", "gail"])
 def test_learned_signals_encode_images_with_a_conv_encoder_not_an_mlp_on_pixels(name):
     from ludus_service.reward_signals import create_reward_provider
     from ludus_service.settings import RewardSignalSettings
 
     spec = _visual_spec()
-    provider = create_reward_provider(name, RewardSignalSettings(learning_rate=1e-3), spec, "cpu", vis_encode_type="simple")
+    rng = np.random.default_rng(0)
+    expert = _visual_rows(rng, rng.random((64, 3, 24, 24), dtype=np.float32) * 0.2) if name == "gail" else None
+    settings = RewardSignalSettings(learning_rate=1e-3, demo_path="x.demo") if name == "gail" else RewardSignalSettings(learning_rate=1e-3)
+    provider = create_reward_provider(name, settings, spec, "cpu", expert=expert, seed=0, vis_encode_type="simple")
     linears = [m for m in provider.modules() if isinstance(m, torch.nn.Linear)]
     assert any(isinstance(m, torch.nn.Conv2d) for m in provider.modules())
     assert max(m.in_features for m in linears) < 3 * 24 * 24  # no dense layer on raw pixels
-    rng = np.random.default_rng(0)
     familiar = np.tile(rng.random((1, 3, 24, 24), dtype=np.float32), (64, 1, 1, 1))
     batch = _visual_rows(rng, familiar)
     frozen = [p.detach().clone() for p in provider.target_observations.parameters()] if name == "rnd" else []
     first = provider.update(batch)
     for _ in range(60):
         last = provider.update(batch)
-    loss_key = "Losses/RND Loss" if name == "rnd" else "Losses/Curiosity Forward Loss"
+    loss_key = {"rnd": "Losses/RND Loss", "curiosity": "Losses/Curiosity Forward Loss", "gail": "Losses/GAIL Loss"}[name]
     assert np.isfinite(last[loss_key]) and last[loss_key] < first[loss_key], (first, last)
     if name == "rnd":  # the fixed target (its image encoder included) never moves; the familiar image stops paying
         assert all(torch.equal(a, b) for a, b in zip(frozen, provider.target_observations.parameters()))
         novel = _visual_rows(rng, rng.random((64, 3, 24, 24), dtype=np.float32))
         assert provider.evaluate(novel).mean() > 2 * provider.evaluate(batch).mean()
+    if name == "gail":  # the discriminator tells the expert's (dim) camera from the policy's
+        assert provider.evaluate(expert).mean() > 2 * provider.evaluate(batch).mean()
+        assert np.isfinite(last["Policy/GAIL Grad Mag Loss"])  # the penalty differentiates through the conv encoder
 
 
 def test_a_signal_image_encoder_too_large_for_the_images_is_refused_at_registration(client):

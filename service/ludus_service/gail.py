@@ -48,12 +48,15 @@ class GAILRewardProvider(LearnedRewardProvider):
     respects_done = True
 
     def __init__(self, name: str, settings: RewardSignalSettings, spec: BehaviorSpec, device: torch.device,
-                 expert: Optional[AgentBuffer], seed: Optional[int] = None, env_range_actions: bool = False) -> None:
+                 expert: Optional[AgentBuffer], seed: Optional[int] = None, env_range_actions: bool = False,
+                 vis_encode_type: str = "simple") -> None:
         """`expert`: the demonstration's rows; None only for a behaviour served untrained
         (inference), which scores but never learns. `env_range_actions`: the policy's continuous
         actions already are what the environment receives (SAC's tanh-squashed ones), rather than
-        raw Gaussian samples (PPO)."""
-        super().__init__(name, settings, spec, device)
+        raw Gaussian samples (PPO). Images and entity sets pass through encoders of their own
+        (`vis_encode_type`) inside the discriminator, so the gradient penalty still differentiates
+        with respect to the raw inputs, as in ML-Agents."""
+        super().__init__(name, settings, spec, device, vis_encode_type)
         if expert is not None and LOSS_MASK in expert:  # sequence padding is not expert behaviour
             real = expert[LOSS_MASK]
             expert = AgentBuffer({k: v[real] for k, v in expert.as_dict().items() if k != LOSS_MASK})
@@ -67,7 +70,9 @@ class GAILRewardProvider(LearnedRewardProvider):
         self.continuous_size = spec.actions.continuous_size
         self.branches = list(spec.actions.discrete_branches)
         action_size = (self.continuous_size + sum(self.branches) + 1) if self.use_actions else 0  # +1: the done flag
-        self.encoder = _mlp(self.input_size + action_size, self.hidden_size, self.encoding_size, layers=1)
+        self.observations = self._observations()
+        self.observation_sizes = [int(np.prod(o.shape)) for o in spec.observations]
+        self.encoder = _mlp(self.observations.output_size + action_size, self.hidden_size, self.encoding_size, layers=1)
         self.encoder.append(nn.SiLU())
         if self.use_vail:
             self.code_mu = nn.Linear(self.encoding_size, VAIL_CODE_SIZE)
@@ -99,9 +104,16 @@ class GAILRewardProvider(LearnedRewardProvider):
         parts.append(torch.as_tensor(batch[DONE], dtype=torch.float32, device=self.device).reshape(-1, 1))
         return torch.cat(parts, dim=1)
 
+    def _features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw flat inputs -> the observations' features (images through their encoders) + the
+        action part as it is."""
+        parts = list(torch.split(inputs, self.observation_sizes + [inputs.shape[1] - sum(self.observation_sizes)], dim=1))
+        observations = [p.reshape(p.shape[0], *o.shape) for p, o in zip(parts, self.spec.observations)]
+        return torch.cat([self.observations.encode(observations), parts[-1]], dim=1)
+
     def _logits(self, inputs: torch.Tensor, noise: bool):
         """Discriminator logits, and with VAIL the code means (for the KL term)."""
-        hidden = self.encoder(inputs)
+        hidden = self.encoder(self._features(inputs))
         if not self.use_vail:
             return self.estimator(hidden).squeeze(-1), None
         mu = self.code_mu(hidden)

@@ -61,7 +61,10 @@ class SignalObservations(nn.Module):
 
     def forward(self, buffer: AgentBuffer, key=obs_key) -> torch.Tensor:
         obs = [torch.as_tensor(buffer[key(i)], dtype=torch.float32, device=self.device) for i in range(self.count)]
-        return self.features(obs, self.flatten(obs))
+        return self.encode(obs)
+
+    def encode(self, observations: List[torch.Tensor]) -> torch.Tensor:
+        return self.features(observations, self.flatten(observations))
 
 
 def _weights(batch: AgentBuffer, device: torch.device) -> Optional[torch.Tensor]:

@@ -213,8 +213,8 @@ class BehaviorRegistry:
         if self.force_inference:
             settings = dataclasses.replace(settings, inference=True)
         check_spec_fits_settings(spec, settings.network_settings.vis_encode_type)
-        for signal, config in settings.reward_signals.items():  # curiosity / RND image encoders of their own
-            if signal in ("curiosity", "rnd") and config.network_settings is not None:
+        for signal, config in settings.reward_signals.items():  # learned signals' image encoders of their own
+            if signal != "extrinsic" and config.network_settings is not None:
                 check_spec_fits_settings(spec, config.network_settings.vis_encode_type,
                                          f"reward_signals.{signal}.network_settings.vis_encode_type")
         self.demo_files(settings)  # a missing demonstration is the same error for new and existing names

@@ -59,20 +59,20 @@ def create_reward_provider(name: str, settings: RewardSignalSettings, spec=None,
                            env_range_actions: bool = False, vis_encode_type: str = "simple") -> RewardProvider:
     """The provider of a configured signal; learned ones (curiosity, rnd, gail) need the spec and
     device, and GAIL the expert's steps, a seed for its expert sampling, and whether the policy's
-    continuous actions are already environment actions (SAC). Curiosity and RND encode images with
+    continuous actions are already environment actions (SAC). Learned signals encode images with
     the signal's own `network_settings.vis_encode_type`, else `vis_encode_type` (the behaviour's)."""
     if name == "extrinsic":
         return ExtrinsicRewardProvider(name, settings)
     from ludus_service.learned_rewards import CuriosityRewardProvider, RNDRewardProvider  # torch networks
 
+    if settings.network_settings is not None:
+        vis_encode_type = settings.network_settings.vis_encode_type
     if name == "gail":
         from ludus_service.gail import GAILRewardProvider
 
-        return GAILRewardProvider(name, settings, spec, torch.device(device), expert, seed, env_range_actions)
+        return GAILRewardProvider(name, settings, spec, torch.device(device), expert, seed, env_range_actions, vis_encode_type)
 
     learned = {"curiosity": CuriosityRewardProvider, "rnd": RNDRewardProvider}
     if name not in learned:
         raise ValueError(f"reward signal {name!r} is not implemented")
-    if settings.network_settings is not None:
-        vis_encode_type = settings.network_settings.vis_encode_type
     return learned[name](name, settings, spec, torch.device(device), vis_encode_type)
