@@ -243,16 +243,8 @@ class SACTrainer:
         return tensors
 
     def state_metadata(self) -> Dict[str, object]:
-        return {
-            "global_step": self.optimizer.global_step,
-            "policy_version": self.policy_version,
-            "latest_stats": self.latest_stats,
-            "rng": self.rng.bit_generator.state,
-            "adam_param_groups": self.optimizer.adam.state_dict()["param_groups"],
-            "auxiliary_adam_param_groups": auxiliary_adam_tensors(self.auxiliary_adams())[1],
-            "updates_done": self.updates_done,
-            "reward_updates_done": self.reward_updates_done,
-        }
+        """PPO's counters and optimizer groups, plus the gradient steps taken (they say how many are owed)."""
+        return {**PPOTrainer.state_metadata(self), "updates_done": self.updates_done, "reward_updates_done": self.reward_updates_done}
 
     def load_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
         """Networks only (--initialize-from / init_path). A PPO checkpoint's actor has no log-std
