@@ -82,7 +82,6 @@ class LearnedRewardProvider(RewardProvider, nn.Module):
         nn.Module.__init__(self)
         self.spec = spec
         self.device = device
-        self.input_size = sum(int(np.prod(o.shape)) for o in spec.observations)
         hidden = settings.network_settings.hidden_units if settings.network_settings is not None else None
         self.encoding_size = settings.encoding_size or hidden or DEFAULT_ENCODING
         self.hidden_size = hidden or max(self.encoding_size, DEFAULT_ENCODING)
