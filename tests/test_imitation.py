@@ -178,24 +178,33 @@ def test_gail_alone_reproduces_the_scripted_expert(client, server):
             "Policy/Gail Value Estimate"} <= set(stats)
 
 
+def _clone_goal_seek_expert(client, server, learner: str, settings: Dict[str, Any], steps: int) -> Dict[str, float]:
+    """Record 30 scripted continuous GoalSeek episodes, train `learner` with the extrinsic reward off
+    and `settings["behavioral_cloning"]` (its demo_path filled in), and check that it reaches the
+    goal greedily; returns the learner's latest statistics."""
+    client.register("Expert", GOAL_SPEC, {"inference": True})
+    kwargs = {"action_type": "continuous"}
+    trajectories = expert_trajectories(GOAL_SEEK, GOAL_SPEC, goal_seek_expert_action, 30, env_kwargs=kwargs)
+    demo = client.record_demonstration("Expert", f"goal-seek-{learner}", trajectories)
+    settings["reward_signals"] = {"extrinsic": {"strength": 0.0}}
+    settings["behavioral_cloning"]["demo_path"] = demo.demo_path
+    result, policy = train(server, GOAL_SEEK, learner, steps, settings, env_kwargs=kwargs)
+    greedy, baseline = greedy_score(policy, GOAL_SEEK, kwargs), random_score(GOAL_SEEK, kwargs)
+    stats = server.registry.get(learner).trainer.latest_stats
+    print(f"{learner}: greedy success {greedy.success_rate:.2f} (random {baseline.success_rate:.2f}) in {result.seconds:.1f}s; "
+          f"pretraining loss {stats.get('Losses/Pretraining Loss')}")
+    assert greedy.success_rate >= 0.95, greedy
+    assert "Losses/Pretraining Loss" in stats
+    return stats
+
+
 @pytest.mark.learning
 def test_behavioral_cloning_reproduces_the_scripted_expert(client, server):
     """Continuous GoalSeek with the extrinsic reward switched off (strength 0): only the cloning
     loss on 30 expert episodes moves the policy (16 updates, each 5 epochs over the demonstration)."""
-    client.register("Expert", GOAL_SPEC, {"inference": True})
-    trajectories = expert_trajectories(GOAL_SEEK, GOAL_SPEC, goal_seek_expert_action, 30, env_kwargs={"action_type": "continuous"})
-    demo = client.record_demonstration("Expert", "goal-seek", trajectories)
     settings = ppo_settings(buffer_size=512, hidden_units=64, learning_rate=1e-3, num_epoch=3)
-    settings["reward_signals"] = {"extrinsic": {"strength": 0.0}}
-    settings["behavioral_cloning"] = {"demo_path": demo.demo_path, "strength": 3.0, "batch_size": 32, "num_epoch": 5}
-    kwargs = {"action_type": "continuous"}
-    result, policy = train(server, GOAL_SEEK, "BC-Learner", 8_192, settings, env_kwargs=kwargs)
-    greedy, baseline = greedy_score(policy, GOAL_SEEK, kwargs), random_score(GOAL_SEEK, kwargs)
-    stats = server.registry.get("BC-Learner").trainer.latest_stats
-    print(f"BC: greedy success {greedy.success_rate:.2f} (random {baseline.success_rate:.2f}) in {result.seconds:.1f}s; "
-          f"pretraining loss {stats.get('Losses/Pretraining Loss')}")
-    assert greedy.success_rate >= 0.95, greedy
-    assert "Losses/Pretraining Loss" in stats
+    settings["behavioral_cloning"] = {"strength": 3.0, "batch_size": 32, "num_epoch": 5}
+    _clone_goal_seek_expert(client, server, "BC-Learner", settings, 8_192)
 
 
 @pytest.mark.learning
@@ -203,23 +212,13 @@ def test_behavioral_cloning_with_sac_reproduces_the_scripted_expert(client, serv
     """The same cloning task under trainer_type sac: with the extrinsic reward off, SAC's own losses
     only push toward entropy, so reaching the goal greedily is the cloning loss's work (run after
     each burst of gradient steps, on the tanh-squashed actor's mean action)."""
-    client.register("Expert", GOAL_SPEC, {"inference": True})
-    trajectories = expert_trajectories(GOAL_SEEK, GOAL_SPEC, goal_seek_expert_action, 30, env_kwargs={"action_type": "continuous"})
-    demo = client.record_demonstration("Expert", "goal-seek-sac", trajectories)
     settings = {"trainer_type": "sac", "time_horizon": 32, "max_steps": 1_000_000,
                 "hyperparameters": {"batch_size": 64, "buffer_size": 10_000, "learning_rate": 1e-3, "buffer_init_steps": 256,
                                     "steps_per_update": 4.0},
                 "network_settings": {"hidden_units": 64, "num_layers": 2},
-                "reward_signals": {"extrinsic": {"strength": 0.0}},
-                "behavioral_cloning": {"demo_path": demo.demo_path, "strength": 1.0, "batch_size": 32}}
-    kwargs = {"action_type": "continuous"}
-    result, policy = train(server, GOAL_SEEK, "BC-SAC-Learner", 4_096, settings, env_kwargs=kwargs)
-    greedy, baseline = greedy_score(policy, GOAL_SEEK, kwargs), random_score(GOAL_SEEK, kwargs)
-    stats = server.registry.get("BC-SAC-Learner").trainer.latest_stats
-    print(f"BC with SAC: greedy success {greedy.success_rate:.2f} (random {baseline.success_rate:.2f}) in {result.seconds:.1f}s; "
-          f"pretraining loss {stats.get('Losses/Pretraining Loss')}")
-    assert greedy.success_rate >= 0.95, greedy
-    assert "Losses/Pretraining Loss" in stats and "Losses/Q1 Loss" in stats
+                "behavioral_cloning": {"strength": 1.0, "batch_size": 32}}
+    stats = _clone_goal_seek_expert(client, server, "BC-SAC-Learner", settings, 4_096)
+    assert "Losses/Q1 Loss" in stats
 
 
 def test_gail_and_curiosity_train_under_sac_too(client, server):

@@ -49,7 +49,8 @@ def service_spec(continuous: int = 1, branches=()) -> ServiceSpec:
 
 
 def trajectory(spec: ServiceSpec, length: int, seed: int = 0, done: bool = False, interrupted: bool = False,
-               agent: str = "a") -> TrajectoryData:
+               agent: str = "a", memory_size: int = 0) -> TrajectoryData:
+    """Random steps; with `memory_size`, the policy memories a recurrent client would have sent."""
     rng = np.random.default_rng(seed)
     a = spec.actions
     return TrajectoryData(
@@ -61,7 +62,8 @@ def trajectory(spec: ServiceSpec, length: int, seed: int = 0, done: bool = False
         discrete_log_probs=np.zeros((length, len(a.discrete_branches)), np.float32),
         action_masks=None, rewards=rng.normal(size=length).astype(np.float32),
         next_observations=None if done else [rng.normal(size=3).astype(np.float32)],
-        done=done, interrupted=interrupted, agent_id=agent, policy_version=1)
+        done=done, interrupted=interrupted, agent_id=agent, policy_version=1,
+        memories=rng.normal(size=(length, memory_size)).astype(np.float32) if memory_size else None)
 
 
 # ---------------------------------------------------------------------------------------------------

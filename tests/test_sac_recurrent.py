@@ -27,6 +27,7 @@ from ludus_service.spec import ActionSpec, ObservationSpec
 from ludus_service.spec import BehaviorSpec as ServiceSpec
 from ludus_service.validation import TrajectoryData
 from test_game_tasks import CUE_RECALL, recurrent_greedy_score
+from test_sac import trajectory as sac_trajectory
 
 register_envs()
 
@@ -44,20 +45,9 @@ def service_spec(continuous: int = 1, branches=(2,)) -> ServiceSpec:
     return ServiceSpec((ObservationSpec("obs", (3,)),), ActionSpec(continuous, tuple(branches)))
 
 
-def trajectory(spec: ServiceSpec, length: int, seed: int = 0, done: bool = False, interrupted: bool = False,
-               agent: str = "a") -> TrajectoryData:
-    rng = np.random.default_rng(seed)
-    a = spec.actions
-    return TrajectoryData(
-        observations=[rng.normal(size=(length, 3)).astype(np.float32)],
-        continuous_actions=np.tanh(rng.normal(size=(length, a.continuous_size))).astype(np.float32),
-        discrete_actions=np.stack([rng.integers(0, b, length) for b in a.discrete_branches], axis=1),
-        continuous_log_probs=np.zeros((length, a.continuous_size), np.float32),
-        discrete_log_probs=np.zeros((length, len(a.discrete_branches)), np.float32),
-        action_masks=None, rewards=rng.normal(size=length).astype(np.float32),
-        next_observations=None if done else [rng.normal(size=3).astype(np.float32)],
-        done=done, interrupted=interrupted, agent_id=agent, policy_version=1,
-        memories=rng.normal(size=(length, MEMORY_SIZE)).astype(np.float32))
+def trajectory(spec: ServiceSpec, length: int, seed: int = 0, **kwargs) -> TrajectoryData:
+    """test_sac's random trajectory, with the policy memories a recurrent client sends."""
+    return sac_trajectory(spec, length, seed, memory_size=MEMORY_SIZE, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------
